@@ -1,0 +1,3 @@
+from wbcvae.cli.main import main
+
+raise SystemExit(main())
