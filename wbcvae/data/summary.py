@@ -52,7 +52,7 @@ def image_summary(source: Path, unknown: str = "skip") -> str:
     lines = [
         f"Images: {source} ({manifest.source}): {len(frame)} crops, "
         f"{(per_class > 0).sum()} of {len(CLASSES)} classes, {len(patients) or 'no'} patients recorded",
-        table.to_string(),
+        table.rename_axis(None).to_string(),
     ]
     if manifest.skipped:
         skipped = ", ".join(f"{label} {n}" for label, n in sorted(manifest.skipped.items()))
