@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbcvae.errors import InputError
+from wbcvae.errors import InputError, one_line
 from wbcvae.vocabulary import PBC_PREFIXES, LabelMapper, resolve
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -160,7 +160,7 @@ def _read_csv(csv: Path, mapper: LabelMapper) -> ImageManifest:
     try:
         table = pd.read_csv(csv, dtype=text_columns)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{csv}: not a readable CSV manifest ({_one_line(err)})") from None
+        raise InputError(f"{csv}: not a readable CSV manifest ({one_line(err)})") from None
     table.columns = [str(c).strip() for c in table.columns]
     for column in ("path", "label"):
         if column not in table.columns:
@@ -192,9 +192,6 @@ def _absolute(path: str | os.PathLike) -> str:
     """Absolute and normalised, but symlinks kept: a linked patient folder keeps its name."""
     return os.path.normpath(os.path.abspath(path))
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 # --- Pixels -------------------------------------------------------------------------------------
@@ -238,7 +235,7 @@ def _read_pixels(path: Path) -> np.ndarray:
     except InputError:
         raise
     except Exception as err:  # PIL and tifffile raise many kinds (OSError, SyntaxError, ValueError, …)
-        raise InputError(f"{path}: cannot read this image ({_one_line(err)})") from None
+        raise InputError(f"{path}: cannot read this image ({one_line(err)})") from None
 
 
 def _read_with_pil(path: Path) -> np.ndarray:

@@ -1,0 +1,356 @@
+"""RNA counts → the RNA VAE's input, as the study: library-size normalisation, log1p, highly variable
+genes, min-max scaling to [0, 1]; plus the atlas embedding `z_atlas` the latent space is tied to.
+
+`RnaPreprocessor` is fitted once (on the training cells), saved as JSON and applied to any later data
+identically: same genes in the same order, same per-gene minimum and maximum, same projection.
+
+Fitting streams over cells in chunks of `chunk_size`, so a lazy (on-disk) AnnData is never loaded
+whole: one pass gathers per-gene moments of the normalised counts (for the gene choice), a second
+the per-gene minimum/maximum of the log values (and, when PCA is needed, their covariance).
+
+Gene choice follows scanpy's `highly_variable_genes(flavor="seurat")` on `target_sum`-normalised,
+log1p data (dispersion of the normalised counts, z-scored within 20 bins of mean expression),
+computed from streamed moments. User marker genes always take a place among the `n_top_genes`.
+
+`z_atlas`, by `atlas`:
+- "obsm": `obsm[atlas_key]` (Tabula Sapiens' scVI embedding). Used as is when it is `latent_dim`
+  wide; a wider one is projected onto its first `latent_dim` principal components (fitted, saved);
+  a narrower one is refused, as padding would invent dimensions;
+- "pca": the first `latent_dim` principal components of the scaled expression (zero-padded when
+  fewer genes than `latent_dim` are kept);
+- "scvi": an scvi-tools SCVI model with `latent_dim` latents trained on the kept genes' counts, saved
+  beside the JSON as `<name>.scvi/`;
+- "auto" (default): "obsm" when the key is present, else "scvi" when scvi-tools is installed, else "pca".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from wbcvae import LATENT_DIM
+from wbcvae.data.rna import read_count_rows
+from wbcvae.errors import InputError
+from wbcvae.utils.atomic import atomic_path
+
+DEFAULT_N_TOP_GENES = 2432  # as the study
+ATLAS_METHODS = ("auto", "obsm", "pca", "scvi")
+FORMAT = "wbcvae.RnaPreprocessor"
+FORMAT_VERSION = 1
+N_MEAN_BINS = 20  # scanpy's default for the seurat flavour
+
+
+class RnaPreprocessor:
+    """Fit on counts once, then turn any cells into `(x, z_atlas)`: float32 cells × genes in [0, 1] and
+    float32 cells × `latent_dim`."""
+
+    def __init__(
+        self,
+        n_top_genes: int = DEFAULT_N_TOP_GENES,
+        markers: Sequence[str] = (),
+        latent_dim: int = LATENT_DIM,
+        atlas_key: str = "X_scvi",
+        atlas: str = "auto",
+        target_sum: float = 1e4,
+        chunk_size: int = 4096,
+    ):
+        if atlas not in ATLAS_METHODS:
+            raise InputError(f"atlas must be one of {ATLAS_METHODS}, got {atlas!r}")
+        if n_top_genes < 1 or latent_dim < 1 or chunk_size < 1:
+            raise InputError("n_top_genes, latent_dim and chunk_size must be positive")
+        self.n_top_genes, self.markers, self.latent_dim = int(n_top_genes), list(dict.fromkeys(markers)), int(latent_dim)
+        self.atlas_key, self.atlas, self.target_sum, self.chunk_size = atlas_key, atlas, float(target_sum), int(chunk_size)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Fitted state: the kept genes, their log-value range, and how z_atlas is made."""
+        self.genes: list[str] = []
+        self.gene_min = self.gene_max = np.zeros(0)
+        self.atlas_method = ""  # "obsm", "pca" or "scvi" once fitted
+        self.embedding_dim = 0  # width of obsm[atlas_key] when atlas_method == "obsm"
+        self.projection_mean: np.ndarray | None = None  # z = (v - mean) @ components.T
+        self.projection_components: np.ndarray | None = None
+        self._scvi_model = None
+        self._scvi_dir: Path | None = None
+
+    @property
+    def settings(self) -> dict:
+        return dict(
+            n_top_genes=self.n_top_genes, markers=self.markers, latent_dim=self.latent_dim,
+            atlas_key=self.atlas_key, atlas=self.atlas, target_sum=self.target_sum, chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.genes)
+
+    # --- fitting ---------------------------------------------------------------------------------
+
+    def fit(self, adata: ad.AnnData, rows: np.ndarray | None = None) -> RnaPreprocessor:
+        """Choose genes, their scaling and the atlas embedding from the cells at `rows` (default: all)."""
+        rows = np.arange(adata.n_obs) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) < 2:
+            raise InputError(f"{_where(adata)}: need at least 2 cells to fit the RNA preprocessing, got {len(rows)}")
+        missing = [g for g in self.markers if g not in adata.var_names]
+        if missing:
+            raise InputError(f"{_where(adata)}: marker gene {missing[0]!r} is not among its genes")
+        self._forget()
+        self.atlas_method = self._atlas_method(adata)
+        self.genes = self._choose_genes(adata, rows)
+        columns = adata.var_names.get_indexer(self.genes)
+        stats = _LogStats(len(self.genes), with_moments=self.atlas_method == "pca")
+        for block in self._blocks(adata, rows, "RNA preprocessing: gene ranges"):
+            stats.add(self._log_expression(block, columns))
+        self.gene_min, self.gene_max = stats.low, stats.high
+        if self.atlas_method == "pca":
+            self._set_pca(*stats.mean_cov(), shift=self.gene_min, span=self._span())
+        elif self.atlas_method == "obsm":
+            self._fit_embedding_projection(adata, rows)
+        else:
+            self._fit_scvi(adata, rows, columns)
+        return self
+
+    def _atlas_method(self, adata: ad.AnnData) -> str:
+        """The `atlas` setting resolved against this data; an unusable embedding is refused before any pass."""
+        present = self.atlas_key in adata.obsm
+        if self.atlas == "obsm" and not present:
+            raise InputError(f"{_where(adata)}: no embedding obsm[{self.atlas_key!r}] (obsm has: {', '.join(adata.obsm) or 'nothing'})")
+        if self.atlas != "auto":
+            method = self.atlas
+        elif present:
+            method = "obsm"
+        else:
+            method = "scvi" if importlib.util.find_spec("scvi") is not None else "pca"
+        width = adata.obsm[self.atlas_key].shape[1] if method == "obsm" else self.latent_dim
+        if width < self.latent_dim:  # padding would invent dimensions
+            raise InputError(f"{_where(adata)}: obsm[{self.atlas_key!r}] is {width}-d, narrower than the {self.latent_dim}-d latent space")
+        return method
+
+    def _choose_genes(self, adata: ad.AnnData, rows: np.ndarray) -> list[str]:
+        """Markers first, then the most dispersed genes until `n_top_genes`; kept in the data's gene order."""
+        if adata.n_vars <= self.n_top_genes:
+            return list(map(str, adata.var_names))
+        total = np.zeros(adata.n_vars)
+        total_sq = np.zeros(adata.n_vars)
+        for block in self._blocks(adata, rows, "RNA preprocessing: highly variable genes"):
+            normalised = self._normalise(block)
+            total += np.asarray(normalised.sum(axis=0)).ravel()
+            total_sq += np.asarray(normalised.multiply(normalised).sum(axis=0)).ravel()
+        n = len(rows)
+        mean = total / n
+        var = (total_sq - n * mean**2) / (n - 1)
+        score = np.nan_to_num(seurat_dispersion(mean, var), nan=-np.inf)
+        is_marker = adata.var_names.isin(self.markers)
+        score[is_marker] = np.inf
+        keep = np.sort(np.argsort(-score, kind="stable")[: max(self.n_top_genes, len(self.markers))])
+        return list(map(str, adata.var_names[keep]))
+
+    def _fit_embedding_projection(self, adata: ad.AnnData, rows: np.ndarray) -> None:
+        embedding = _embedding(adata, self.atlas_key, rows).astype(np.float64)
+        self.embedding_dim = embedding.shape[1]
+        if self.embedding_dim > self.latent_dim:
+            self._set_pca(embedding.mean(axis=0), np.cov(embedding, rowvar=False))
+
+    def _set_pca(self, mean: np.ndarray, cov: np.ndarray, shift: np.ndarray | None = None, span: np.ndarray | None = None) -> None:
+        """Principal axes of data with `mean`/`cov`, or of (data − shift) / span when those are given.
+
+        Signs are fixed (largest loading positive) so refits on the same data give the same `z_atlas`.
+        """
+        if span is not None:
+            mean, cov = (mean - shift) / span, cov / np.outer(span, span)
+        n = len(cov)
+        _, vectors = scipy.linalg.eigh(cov, subset_by_index=[max(n - self.latent_dim, 0), n - 1])  # ascending
+        components = vectors[:, ::-1].T.copy()
+        largest = components[np.arange(len(components)), np.abs(components).argmax(axis=1)]
+        components *= np.where(largest < 0, -1.0, 1.0)[:, None]
+        padding = np.zeros((self.latent_dim - len(components), len(mean)))
+        self.projection_mean, self.projection_components = mean, np.vstack([components, padding])
+
+    def _fit_scvi(self, adata: ad.AnnData, rows: np.ndarray, columns: np.ndarray) -> None:
+        """Train scVI on the kept genes' counts (it needs them in memory: cells × kept genes, sparse)."""
+        import scvi
+
+        train = self._count_anndata(adata, rows, columns)
+        scvi.model.SCVI.setup_anndata(train)
+        self._scvi_model = scvi.model.SCVI(train, n_latent=self.latent_dim)
+        self._scvi_model.train()
+
+    # --- applying --------------------------------------------------------------------------------
+
+    def transform(self, adata: ad.AnnData, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`(x, z_atlas)` for the cells at `rows` (default: all), in that order; float32.
+
+        Values beyond the fitted range are clipped to [0, 1], the range the decoder can produce.
+        """
+        if not self.is_fitted:
+            raise InputError("the RNA preprocessor is not fitted: call fit() or load a saved one")
+        rows = np.arange(adata.n_obs)[rows if rows is not None else slice(None)]
+        columns = self._columns_in(adata)
+        x = np.empty((len(rows), len(self.genes)), dtype=np.float32)
+        z = np.empty((len(rows), self.latent_dim), dtype=np.float32)
+        for start in range(0, len(rows), self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            counts = read_count_rows(adata, rows[part])
+            x[part] = np.clip((self._log_expression(counts, columns) - self.gene_min) / self._span(), 0.0, 1.0)
+            z[part] = self._atlas_embedding(adata, rows[part], x[part], counts, columns)
+        return x, z
+
+    def _atlas_embedding(self, adata: ad.AnnData, rows: np.ndarray, x: np.ndarray, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+        if self.atlas_method == "scvi":
+            query = ad.AnnData(X=counts[:, columns], var=pd.DataFrame(index=self.genes))
+            return self._scvi(query).get_latent_representation(query)
+        if self.atlas_method == "obsm":
+            if self.atlas_key not in adata.obsm:
+                raise InputError(f"{_where(adata)}: no embedding obsm[{self.atlas_key!r}], which this preprocessing was fitted with")
+            values = _embedding(adata, self.atlas_key, rows)
+            if values.shape[1] != self.embedding_dim:
+                raise InputError(f"{_where(adata)}: obsm[{self.atlas_key!r}] is {values.shape[1]}-d, fitted on {self.embedding_dim}-d")
+            if self.projection_components is None:
+                return values
+        else:
+            values = x
+        return (values - self.projection_mean) @ self.projection_components.T
+
+    def _columns_in(self, adata: ad.AnnData) -> np.ndarray:
+        columns = adata.var_names.get_indexer(self.genes)
+        missing = [g for g, c in zip(self.genes, columns) if c < 0]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
+            raise InputError(f"{_where(adata)}: {len(missing)} of the {len(self.genes)} fitted genes are missing: {shown}")
+        return columns
+
+    # --- shared steps ----------------------------------------------------------------------------
+
+    def _normalise(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Each cell scaled to `target_sum` counts over all its genes (empty cells stay zero)."""
+        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        scale = np.divide(self.target_sum, library, out=np.zeros_like(library), where=library > 0)
+        return sp.csr_matrix(sp.diags(scale) @ counts)
+
+    def _log_expression(self, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+        return np.log1p(self._normalise(counts)[:, columns].toarray())
+
+    def _span(self) -> np.ndarray:
+        span = self.gene_max - self.gene_min
+        return np.where(span > 0, span, 1.0)  # a gene constant in training maps to 0
+
+    def _blocks(self, adata: ad.AnnData, rows: np.ndarray, what: str) -> Iterator[sp.csr_matrix]:
+        starts = range(0, len(rows), self.chunk_size)
+        for start in tqdm(starts, desc=what, unit="chunk", disable=len(starts) < 2, leave=False):
+            yield read_count_rows(adata, rows[start : start + self.chunk_size])
+
+    def _count_anndata(self, adata: ad.AnnData, rows: np.ndarray, columns: np.ndarray) -> ad.AnnData:
+        blocks = [block[:, columns] for block in self._blocks(adata, rows, "RNA preprocessing: counts for scVI")]
+        return ad.AnnData(X=sp.vstack(blocks, format="csr"), var=pd.DataFrame(index=self.genes))
+
+    def _scvi(self, query: ad.AnnData):
+        """The trained scVI model, loaded from beside the JSON on first use after `load`."""
+        if self._scvi_model is None:
+            try:
+                import scvi
+            except ImportError as err:
+                raise InputError(f"{self._scvi_dir}: this preprocessing uses scVI; install scvi-tools to apply it") from err
+            self._scvi_model = scvi.model.SCVI.load(str(self._scvi_dir), adata=query)
+        return self._scvi_model
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted state as JSON (an scVI model goes beside it as `<name>.scvi/`)."""
+        if not self.is_fitted:
+            raise InputError("the RNA preprocessor is not fitted: nothing to save")
+        path = Path(path)
+        state = dict(
+            format=FORMAT, version=FORMAT_VERSION, settings=self.settings, genes=self.genes,
+            gene_min=self.gene_min.tolist(), gene_max=self.gene_max.tolist(),
+            atlas_method=self.atlas_method, embedding_dim=self.embedding_dim,
+            projection_mean=None if self.projection_mean is None else self.projection_mean.tolist(),
+            projection_components=None if self.projection_components is None else self.projection_components.tolist(),
+        )  # fmt: skip
+        if self.atlas_method == "scvi":
+            with atomic_path(_scvi_dir(path)) as tmp:
+                self._scvi_model.save(str(tmp))
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(state))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RnaPreprocessor:
+        path = Path(path)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise InputError(f"{path}: no such file") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{path}: not a saved RNA preprocessor ({err})") from err
+        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
+            raise InputError(f"{path}: not a saved RNA preprocessor (format {FORMAT} version {FORMAT_VERSION})")
+        self = cls(**state["settings"])
+        self.genes = state["genes"]
+        self.gene_min, self.gene_max = np.asarray(state["gene_min"]), np.asarray(state["gene_max"])
+        self.atlas_method, self.embedding_dim = state["atlas_method"], state["embedding_dim"]
+        if state["projection_mean"] is not None:
+            self.projection_mean = np.asarray(state["projection_mean"])
+            self.projection_components = np.asarray(state["projection_components"])
+        self._scvi_dir = _scvi_dir(path)
+        return self
+
+
+class _LogStats:
+    """Running per-gene minimum and maximum of log expression, and optionally sum and cross-products."""
+
+    def __init__(self, n_genes: int, with_moments: bool):
+        self.low, self.high = np.full(n_genes, np.inf), np.full(n_genes, -np.inf)
+        self.n, self.total = 0, np.zeros(n_genes)
+        self.cross = np.zeros((n_genes, n_genes)) if with_moments else None
+
+    def add(self, values: np.ndarray) -> None:
+        self.low, self.high = np.minimum(self.low, values.min(axis=0)), np.maximum(self.high, values.max(axis=0))
+        if self.cross is not None:
+            self.n += len(values)
+            self.total += values.sum(axis=0)
+            self.cross += values.T @ values
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.n
+        return mean, (self.cross - self.n * np.outer(mean, mean)) / (self.n - 1)
+
+
+def seurat_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = N_MEAN_BINS) -> np.ndarray:
+    """Normalised dispersion per gene as scanpy's seurat flavour: log(var/mean) of normalised counts,
+    z-scored within `n_bins` equal-width bins of log1p(mean); NaN for genes with no variance."""
+    mean = np.where(mean == 0, 1e-12, mean)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = np.log(np.where(var == 0, np.nan, var / mean))
+    frame = pd.DataFrame({"dispersion": dispersion, "bin": pd.cut(np.log1p(mean), bins=n_bins)})
+    grouped = frame.groupby("bin", observed=False)["dispersion"]
+    bin_mean, bin_std = grouped.transform("mean"), grouped.transform("std")
+    single = bin_std.isna()  # a bin holding one gene: scanpy scores it 1 (dispersion / itself)
+    bin_std = bin_std.where(~single, bin_mean)
+    bin_mean = bin_mean.where(~single, 0.0)
+    return ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
+
+
+def _embedding(adata: ad.AnnData, key: str, rows: np.ndarray) -> np.ndarray:
+    """`obsm[key]` at `rows` only (a whole atlas embedding is large), as float32."""
+    values = adata.obsm[key]
+    values = values.to_numpy() if isinstance(values, pd.DataFrame) else values
+    return np.asarray(values[rows], dtype=np.float32)
+
+
+def _where(adata: ad.AnnData) -> str:
+    return adata.uns.get("wbcvae", {}).get("source", "AnnData")
+
+
+def _scvi_dir(path: Path) -> Path:
+    return path.with_name(path.stem + ".scvi")
