@@ -1,0 +1,310 @@
+"""Trajectories: the GP path and its anchors, decoding, k-Shape kinetics, ground-truth recovery, report."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+import wbcvae.cli.main as cli_main
+from wbcvae.errors import InputError
+from wbcvae.report import Section, write_report
+from wbcvae.trajectory import kinetics as kinetics_module
+from wbcvae.trajectory.decode import as_decoder, decode_path, save_gif, save_image_strip
+from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
+from wbcvae.trajectory.kinetics import cluster_kinetics, znormalise
+from wbcvae.trajectory.presets import PRESETS
+from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
+from wbcvae.trajectory.run import TrajectorySettings, run_trajectory
+
+DIM = 8
+FAST = dict(fit_iters=30)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clusters_along_a_curve(stages, per_class=30, noise=0.1, seed=0):
+    """Cells of each stage around a point of a bent 1-D curve in DIM dimensions, with their pseudotime."""
+    rng = np.random.default_rng(seed)
+    t = np.concatenate([rng.uniform(i, i + 1, per_class) / len(stages) for i in range(len(stages))])
+    classes = np.repeat(stages, per_class)
+    latent = curve(t) + noise * rng.normal(size=(len(t), DIM))
+    return latent.astype(np.float32), classes, t
+
+
+def curve(t):
+    t = np.asarray(t)[:, None]
+    direction = np.linspace(1, 2, DIM)[None]
+    return 3 * t * direction + np.sin(3 * t) * np.eye(DIM)[1][None]
+
+
+# --- the GP path ------------------------------------------------------------------------------------
+
+
+def test_gp_path_passes_through_its_centroid_anchors():
+    stages = ("a", "b", "c", "d")
+    latent, classes, _ = clusters_along_a_curve(stages)
+    anchors = class_anchors(latent, classes, stages)
+    centroids = np.stack([latent[classes == s].mean(0) for s in stages])
+    np.testing.assert_allclose(anchors.t.numpy(), [0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(anchors.z.numpy(), centroids, rtol=1e-5)
+    gp = LatentPathGP(anchors, **FAST)
+    mean, var = gp.predict(anchors.t)
+    np.testing.assert_allclose(mean.numpy(), centroids, atol=0.02 * np.abs(centroids).max())
+    assert var.max() < 1e-3
+    path = gp.trajectory(steps=25, num_samples=3)
+    assert path.mean.shape == (25, DIM) and path.variance.shape == (25, DIM) and path.samples.shape == (3, 25, DIM)
+    np.testing.assert_allclose(path.samples[:, 0].numpy(), np.repeat(centroids[:1], 3, 0), atol=0.05 * np.abs(centroids).max())
+    # The mean path follows the curve the classes lie on.
+    assert np.abs(path.mean.numpy() - curve(np.linspace(1 / 8, 7 / 8, 25))).max() < np.abs(centroids).max()
+
+
+def test_two_end_points_as_in_the_study_leave_the_middle_uncertain():
+    latent, classes, _ = clusters_along_a_curve(("a", "b"))
+    gp = LatentPathGP(class_anchors(latent, classes, ("a", "b")), **FAST)
+    _, var = gp.predict(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert var[1].mean() > 1000 * max(var[0].mean(), var[2].mean())
+
+
+def test_sampled_cell_anchors_learn_noise_and_pass_near_the_centroids():
+    stages = ("a", "b", "c")
+    latent, classes, _ = clusters_along_a_curve(stages, noise=0.3)
+    anchors = class_anchors(latent, classes, stages, mode="cells", cells_per_stage=12)
+    assert len(anchors.t) == 36 and anchors.stages[:12] == ["a"] * 12
+    gp = LatentPathGP(anchors, **FAST)
+    assert gp.likelihood.noise.item() > 10 * CENTROID_NOISE
+    mean, _ = gp.predict(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    centroids = np.stack([latent[classes == s].mean(0) for s in stages])
+    assert np.abs(mean.numpy() - centroids).max() < 0.5
+
+
+def test_anchors_name_a_missing_class():
+    latent, classes, _ = clusters_along_a_curve(("a", "b"))
+    with pytest.raises(InputError, match="'promyelocyte'"):
+        class_anchors(latent, classes, ("a", "promyelocyte"))
+    with pytest.raises(InputError, match="anchor mode"):
+        class_anchors(latent, classes, ("a", "b"), mode="median")
+
+
+# --- gene kinetics ----------------------------------------------------------------------------------
+
+
+def known_curves(per_kind=25, steps=60, seed=0):
+    """Curves of each kinetic with random timing and amplitude (plus a little noise); constant flats."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, steps)
+    curves, truth = [], []
+    for kind in ("up", "down", "transient", "flat"):
+        for _ in range(per_kind):
+            centre, amplitude = rng.uniform(0.3, 0.7), rng.uniform(0.3, 1.0)
+            shape = {
+                "up": 1 / (1 + np.exp(-(t - centre) * 15)),
+                "down": 1 / (1 + np.exp((t - centre) * 15)),
+                "transient": np.exp(-((t - centre) ** 2) / 0.02),
+                "flat": np.zeros_like(t),
+            }[kind]
+            curves.append(0.2 + amplitude * shape + rng.normal(0, 0.003, steps))
+            truth.append(kind)
+    curves[-1] = np.full(steps, 0.5)  # exactly constant: its z-normalisation would be 0/0
+    return np.array(curves).T, np.array(truth), t
+
+
+def test_kshape_names_recover_known_up_down_transient_flat_curves():
+    expression, truth, t = known_curves()
+    genes = [f"g{i}" for i in range(len(truth))]
+    result = cluster_kinetics(expression, genes, t, k=4)
+    table = result.table.set_index("gene").loc[genes]
+    assert np.isfinite(result.curves.to_numpy()).all()
+    assert (table["shape"].to_numpy() == truth).mean() == 1.0
+    assert adjusted_rand_score(truth, table["cluster"]) > 0.8
+    # Ranked by change within each cluster, rank 1 the largest.
+    for _, members in result.table[result.table.cluster >= 0].groupby("cluster"):
+        assert members.sort_values("rank")["change"].is_monotonic_decreasing
+
+
+def test_kshape_pitfalls_constant_curves_duplicates_and_empty_clusters(monkeypatch):
+    t = np.linspace(0, 1, 40)
+    constant = cluster_kinetics(np.ones((40, 5)), list("abcde"), t, k=3)
+    assert set(constant.table["shape"]) == {"flat"} and constant.k_used == 0
+    assert np.array_equal(znormalise(np.ones((2, 5))), np.zeros((2, 5)))
+    # Three distinct curves repeated: k = 6 asks for more clusters than there are shapes.
+    base = np.stack([t, 1 - t, np.exp(-((t - 0.5) ** 2) / 0.02)], axis=1)
+    repeated = cluster_kinetics(np.repeat(base, 4, axis=1), [f"g{i}" for i in range(12)], t, k=6)
+    assert repeated.k_used <= 3
+    assert sorted(repeated.table["cluster"].unique()) == list(range(repeated.k_used))
+    # Every initialisation leaves a cluster empty for k > 2: tslearn would keep stale labels; we ask for fewer.
+    original = kinetics_module._VectorisedKShape._fit_one_init
+
+    def failing(self, X, rs):
+        if self.n_clusters > 2:  # as tslearn does: centres drawn, then a cluster found empty
+            from tslearn.clustering.utils import EmptyClusterError
+
+            self.cluster_centers_ = X[: self.n_clusters].copy()
+            raise EmptyClusterError
+        return original(self, X, rs)
+
+    monkeypatch.setattr(kinetics_module._VectorisedKShape, "_fit_one_init", failing)
+    expression, truth, _ = known_curves(per_kind=6)
+    fallback = cluster_kinetics(expression, [f"g{i}" for i in range(len(truth))], k=4)
+    assert fallback.k_used == 2 and fallback.table["cluster"].max() == 1
+
+
+@pytest.mark.slow
+def test_vectorised_kshape_matches_tslearn():
+    """Same labels, centroids and inertia as tslearn's own KShape (which compiles numba: slow)."""
+    from tslearn.clustering import KShape
+
+    expression, _, _ = known_curves(per_kind=10, steps=30)
+    z = znormalise(expression.T[:-10])[:, :, None]  # the moving genes
+    ours = kinetics_module._VectorisedKShape(n_clusters=3, n_init=2, random_state=0).fit(z)
+    theirs = KShape(n_clusters=3, n_init=2, random_state=0).fit(z)
+    assert np.array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-8)
+    assert ours.inertia_ == pytest.approx(theirs.inertia_)
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+class StandInImageVAE(nn.Module):
+    """z → (ĥ, image 3×16×16), like `ImageVAE.decode`; has dropout so eval mode matters."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Dropout(0.5), nn.Linear(DIM, 3 * 16 * 16))
+
+    def decode(self, z):
+        return z, torch.sigmoid(self.layer(z)).view(-1, 3, 16, 16)
+
+
+def planted_gene_decoder(kinds):
+    """Genes as known functions of the position along `curve`: the ground truth of each gene's kinetic."""
+    direction = torch.tensor(np.linspace(1, 2, DIM), dtype=torch.float32)
+    centres = torch.linspace(0.35, 0.65, len(kinds))
+
+    def decode(z):
+        s = (z @ direction / (3 * direction @ direction)).clamp(0, 1)[:, None]  # ≈ pseudotime
+        shapes = {
+            "up": torch.sigmoid((s - centres) * 15),
+            "down": torch.sigmoid(-(s - centres) * 15),
+            "transient": torch.exp(-((s - centres) ** 2) / 0.02),
+            "flat": torch.zeros_like(s - centres),
+        }
+        return torch.stack([shapes[k][:, i] for i, k in enumerate(kinds)], dim=1) + 0.1
+
+    return decode
+
+
+def test_decoding_writes_strip_gif_and_matrix_of_the_right_shapes(tmp_path):
+    latent, classes, _ = clusters_along_a_curve(("a", "b"))
+    path = LatentPathGP(class_anchors(latent, classes, ("a", "b")), **FAST).trajectory(steps=12, num_samples=3, name="toy")
+    vae = StandInImageVAE().train()
+    kinds = ["up", "down", "transient", "flat", "up"]
+    decoded = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)])
+    assert vae.training  # back to how it was
+    assert decoded.images.shape == (12, 3, 16, 16) and decoded.image_std.shape == (12, 16, 16)
+    assert decoded.genes.shape == (12, 5) and decoded.gene_std.shape == (12, 5)
+    assert decoded.gene_frame().shape == (12, 5) and decoded.gene_frame().index[-1] == 1.0
+    # Decoding is deterministic (dropout off): decoding the mean path twice gives the same images.
+    again = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)])
+    torch.testing.assert_close(again.images, decoded.images)
+    strip = Image.open(save_image_strip(decoded, tmp_path / "strip.png", frames=6))
+    gif = Image.open(save_gif(decoded, tmp_path / "path.gif"))
+    assert strip.width > strip.height and gif.n_frames == 12 and gif.size == (16, 16)
+    with pytest.raises(ValueError, match="5 genes but 4 gene names"):
+        decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), ["a", "b", "c", "d"])
+
+
+# --- recovery, end to end, report ------------------------------------------------------------------
+
+
+def test_pseudotime_spearman_reads_the_order_of_the_path():
+    latent, classes, t = clusters_along_a_curve(("a", "b", "c"))
+    forward = curve(np.linspace(0, 1, 20))
+    assert pseudotime_spearman(forward, latent, t) > 0.95
+    assert pseudotime_spearman(forward[::-1], latent, t) < -0.95
+
+
+def test_run_trajectory_recovers_a_planted_programme(tmp_path):
+    preset = PRESETS["granulopoiesis"]
+    latent, classes, t = clusters_along_a_curve(preset.series, per_class=20, noise=0.05)
+    kinds = ["up", "down", "transient", "flat"] * 8
+    genes = [f"G{i:02d}" for i in range(len(kinds))]
+    truth = GroundTruth(latent, np.full(len(t), "granulocytic"), t, pd.DataFrame({"kinetic_granulocytic": kinds}, index=genes))
+    settings = TrajectorySettings(waypoints=True, steps=40, samples=3, k=4, **FAST)
+    result = run_trajectory(preset, latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
+    m = result.metrics
+    assert m["pseudotime_spearman"] > 0.95
+    assert m["ari_shapes"] > 0.9 and m["shape_accuracy"] > 0.95 and m["genes_compared"] == len(genes)
+    assert (m["genes_up"], m["genes_down"], m["genes_transient"], m["genes_flat"]) == (8, 8, 8, 8)
+    folder = tmp_path / "granulopoiesis"
+    for name in ("strip.png", "path.gif", "heatmap.png", "markers.png", "genes.csv", "path.csv", "kinetics.csv", "clusters.csv"):
+        assert (folder / name).is_file(), name
+    assert pd.read_csv(folder / "genes.csv").shape == (40, len(genes) + 1)
+    # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
+    stretch = run_trajectory("neutrophil_maturation", latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
+    assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
+
+
+def test_report_folder_has_index_tables_and_json_and_appears_whole(tmp_path):
+    figure = tmp_path / "fig.png"
+    Image.new("RGB", (4, 4)).save(figure)
+    table = pd.DataFrame({"gene": ["A", "B"], "change": [0.5, np.nan]})
+    metrics = {"alignment": {"accuracy": np.float32(0.75), "ratio": float("nan")}, "k": np.int64(4)}
+    index = write_report(tmp_path / "report", [Section("Trajectory: toy", "first.\n\nsecond.", [figure], {"kinetics": table})], metrics)
+    html = index.read_text()
+    assert index == tmp_path / "report" / "index.html"
+    assert "Trajectory: toy" in html and 'src="figures/01-trajectory-toy-fig.png"' in html and "<p>second.</p>" in html
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == {"alignment": {"accuracy": 0.75, "ratio": None}, "k": 4}
+    assert pd.read_csv(tmp_path / "report" / "tables" / "01-trajectory-toy-kinetics.csv").shape == (2, 2)
+    with pytest.raises(FileNotFoundError):
+        write_report(tmp_path / "broken", [Section("x", figures=[tmp_path / "missing.png"])], {})
+    assert not (tmp_path / "broken").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "report"]
+
+
+# --- from a trained joint model: callback and CLI ---------------------------------------------------
+
+
+def test_callback_at_fit_end_then_cli_from_the_checkpoint(tmp_path, capsys, monkeypatch):
+    from test_alignment import LATENT, tiny_image_data, tiny_plans, tiny_rna_cells
+    from torch.utils.data import DataLoader
+
+    from wbcvae.alignment.module import JointAlignmentModule
+    from wbcvae.trajectory.callback import TrajectoryCallback
+
+    assert LATENT < DIM  # stand-ins above are unrelated to the tiny joint model
+    image, rna = tiny_plans()
+    module = JointAlignmentModule(image, rna, tiny_rna_cells(), gene_names=[f"G{i}" for i in range(12)])
+    callback = TrajectoryCallback(("monocytopoiesis",), TrajectorySettings(steps=10, samples=2, k=2, **FAST))
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    data = tiny_image_data(n=16)
+    trainer.fit(module, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    run_dir = tmp_path / "run" / "version_0"
+    assert (run_dir / "trajectories" / "monocytopoiesis" / "strip.png").is_file()
+    assert "trajectory/monocytopoiesis/lengthscale" in pd.read_csv(run_dir / "metrics.csv").columns
+    ckpt = run_dir / "joint.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    monkeypatch.setattr(cli_main, "COMMANDS", ("trajectory",))
+    out = tmp_path / "cli"
+    args = ["trajectory", "--ckpt", str(ckpt), "--preset", "neutrophil_maturation", "--out", str(out), "--steps", "10", "--samples", "2", "--k", "2"]
+    assert cli_main.main(args) == 0
+    assert (out / "neutrophil_maturation" / "kinetics.csv").is_file() and (out / "report" / "index.html").is_file()
+    assert "report:" in capsys.readouterr().out
+    # Granulopoiesis with waypoints needs promyelocytes, which this model never saw: one clear line, exit 2.
+    assert cli_main.main(["trajectory", "--ckpt", str(ckpt), "--preset", "granulopoiesis", "--waypoints", "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err

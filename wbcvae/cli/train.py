@@ -1,0 +1,33 @@
+"""`wbcvae train image|rna …`: everything after the kind goes to the LightningCLI (see `wbcvae.training.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train the image or RNA β-VAE",
+        description="Train a β-VAE with LightningCLI. Example: wbcvae train rna --config "
+        "experiments/rna_vae/laptop.yaml --trainer.max_epochs 5. `wbcvae train image --help` lists every field.",
+    )
+    train.add_argument("kind", choices=("image", "rna"), help="which β-VAE")
+    train.add_argument(
+        "cli_args", nargs=argparse.REMAINDER, metavar="...",
+        help="LightningCLI arguments: [fit|validate|test|predict] --config FILE --section.field VALUE --ckpt_path CKPT",
+    )  # fmt: skip
+    train.set_defaults(run=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from wbcvae.models.losses import NonFiniteLossError
+    from wbcvae.training.cli import run_cli
+
+    try:
+        run_cli(args.kind, args.cli_args)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,66 @@
+"""`wbcvae trajectory --ckpt … --preset granulopoiesis`: walk a trained joint model, decode, cluster, report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wbcvae.trajectory.presets import PRESETS  # light: no torch
+
+    traj = subparsers.add_parser(
+        "trajectory",
+        help="fit a GP path through the joint latent, decode it into images and genes, cluster gene kinetics",
+        description="Example: wbcvae trajectory --ckpt runs/alignment/version_0/checkpoints/last.ckpt --preset granulopoiesis",
+    )
+    traj.add_argument("--ckpt", type=Path, required=True, help="joint alignment checkpoint (wbcvae align)")
+    traj.add_argument("--preset", action="append", choices=sorted(PRESETS), help="repeat for several (default: all)")
+    traj.add_argument("--out", type=Path, default=None, help="output folder (default: beside the checkpoint, trajectories/)")
+    traj.add_argument("--waypoints", action="store_true", help="anchor every stage of the series, not only its two ends")
+    traj.add_argument("--anchor-mode", choices=("centroid", "cells"), default="centroid")
+    traj.add_argument("--steps", type=int, default=100)
+    traj.add_argument("--samples", type=int, default=16, help="posterior paths decoded for the uncertainty")
+    traj.add_argument("--k", type=int, default=4, help="k-Shape clusters")
+    traj.add_argument("--seed", type=int, default=0)
+    traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
+    traj.set_defaults(run=_trajectory)
+
+
+def _trajectory(args: argparse.Namespace) -> None:
+    from wbcvae.alignment.module import load_alignment
+    from wbcvae.errors import InputError
+    from wbcvae.report.html import write_report
+    from wbcvae.trajectory.callback import run_presets
+    from wbcvae.trajectory.presets import PRESETS
+    from wbcvae.trajectory.run import TrajectorySettings, report_section
+
+    module = load_alignment(args.ckpt)
+    out = args.out or args.ckpt.resolve().parent.parent / "trajectories"
+    settings = TrajectorySettings(
+        waypoints=args.waypoints, anchor_mode=args.anchor_mode, steps=args.steps, samples=args.samples, k=args.k, seed=args.seed
+    )
+    truth = _truth(args.truth, module) if args.truth else None
+    results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth)
+    if not results:
+        raise InputError(f"{args.ckpt}: no trajectory could be fitted (the warnings above name the missing classes)")
+    for name, result in results.items():
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.metrics.items()}
+        print(f"{name}: {shown}")
+    metrics = {name: result.metrics for name, result in results.items()}
+    report = write_report(out / "report", [report_section(r) for r in results.values()], metrics, title=f"wbcvae trajectories: {args.ckpt}")
+    print(f"report: {report}")
+
+
+def _truth(source: Path, module):
+    from wbcvae.data.rna import read_rna
+    from wbcvae.errors import InputError
+    from wbcvae.trajectory.recovery import GroundTruth
+
+    adata = read_rna(source)
+    if adata.n_obs != len(module.rna_latent):
+        raise InputError(f"{source}: {adata.n_obs} cells, but the model was aligned on {len(module.rna_latent)} RNA cells")
+    truth = GroundTruth.from_anndata(module.rna_latent.numpy(), adata.obs, adata.var)
+    if truth is None:
+        raise InputError(f"{source}: no ground truth (obs lineage/pseudotime and var kinetic_<lineage>): not a synthetic world")
+    return truth

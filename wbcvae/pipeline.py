@@ -1,0 +1,154 @@
+"""`wbcvae pipeline`: data → segmentation → features → image VAE → RNA VAE → alignment → trajectories → report.
+
+One YAML (`experiments/pipeline/demo.yaml`) names every stage's own config, so the pipeline runs exactly
+what `make segment`, `make train-image`, … run. Each stage writes into `OUT/<stage>/` and finishes by
+writing `OUT/<stage>/stage.json` (its outputs); a rerun skips finished stages, so a killed pipeline
+resumes at the stage it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wbcvae.errors import InputError
+from wbcvae.utils.atomic import atomic_path
+
+Outputs = dict[str, Any]
+
+
+@dataclass
+class Run:
+    """The pipeline's config and what finished stages produced, keyed by stage name."""
+
+    config: dict[str, Any]
+    out: Path
+    outputs: dict[str, Outputs]
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.config.get(name) or {})
+
+    def folder(self, stage: str) -> Path:
+        return self.out / stage
+
+
+def load_pipeline_config(path: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:
+    """The YAML at `path`, with `section.key=value` overrides (values parsed as YAML)."""
+    from wbcvae.segmentation.train import apply_overrides
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pipeline config {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    apply_overrides(config, overrides)
+    unknown = set(config) - {"out", "seed", *STAGE_NAMES}
+    if unknown:
+        raise InputError(f"{path}: unknown pipeline section {sorted(unknown)[0]!r} (known: out, seed, {', '.join(STAGE_NAMES)})")
+    return config
+
+
+def run_pipeline(config: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
+    """Run every unfinished stage in order; returns the report folder."""
+    run = Run(config=config, out=Path(out or config.get("out", "runs/pipeline")), outputs={})
+    run.out.mkdir(parents=True, exist_ok=True)
+    for name, stage in STAGES:
+        marker = run.folder(name) / "stage.json"
+        if marker.is_file():
+            run.outputs[name] = json.loads(marker.read_text())
+            print(f"[pipeline] {name}: already done ({marker})")
+            continue
+        print(f"[pipeline] {name} …", flush=True)
+        started = time.perf_counter()
+        outputs = stage(run)
+        outputs["seconds"] = round(time.perf_counter() - started, 1)
+        run.outputs[name] = outputs
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps(outputs, indent=2, default=str))
+        print(f"[pipeline] {name}: done in {outputs['seconds']} s")
+    report = Path(run.outputs["report"]["folder"])
+    print(f"[pipeline] report: {report / 'index.html'}")
+    return report
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+
+def _world(run: Run) -> Outputs:
+    """The synthetic world, unless the config points both modalities at real sources."""
+    from wbcvae.data.synthetic.world import write_world
+
+    settings = run.section("world")
+    folder = run.folder("world")
+    write_world(folder, seed=run.config.get("seed", 0), overwrite=True, **settings)
+    return {"images": str(folder), "rna": str(folder / "rna.h5ad"), "ground_truth": str(folder / "ground_truth.json")}
+
+
+def _segmentation(run: Run) -> Outputs:
+    from wbcvae.segmentation.train import load_config, train_segmentation
+
+    settings = run.section("segmentation")
+    config = load_config(settings.pop("config"), _as_overrides(settings.pop("set", {})))
+    config.update(source=run.outputs["world"]["images"], out=str(run.folder("segmentation")), seed=run.config.get("seed", 0))
+    checkpoint = train_segmentation(config)
+    quality = json.loads((checkpoint.parent / "quality.json").read_text())
+    return {"checkpoint": str(checkpoint), "quality": quality}
+
+
+def _features(run: Run) -> Outputs:
+    from wbcvae.features.extract import extract_features
+
+    store = run.folder("features") / "store"
+    extract_features(run.outputs["world"]["images"], run.outputs["segmentation"]["checkpoint"], store, **run.section("features"))
+    return {"store": str(store)}
+
+
+def _image_vae(run: Run) -> Outputs:
+    return _train_vae(run, "image_vae", "image", {"data.init_args.store_dir": run.outputs["features"]["store"]})
+
+
+def _rna_vae(run: Run) -> Outputs:
+    return _train_vae(run, "rna_vae", "rna", {"data.init_args.source": run.outputs["world"]["rna"]})
+
+
+def _train_vae(run: Run, stage: str, kind: str, data: dict[str, Any]) -> Outputs:
+    """Fit one β-VAE through the same LightningCLI as `make train-image` / `make train-rna`."""
+    from wbcvae.training.cli import run_cli
+
+    settings = run.section(stage)
+    args = ["fit", "--config", str(settings.pop("config"))]
+    fields = {
+        **data,
+        "trainer.default_root_dir": str(run.folder(stage)),
+        "seed_everything": run.config.get("seed", 0),
+        "wandb": False,
+        **settings.pop("set", {}),
+    }
+    for key, value in fields.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    cli = run_cli(kind, args)
+    callback = cli.trainer.checkpoint_callback
+    return {"checkpoint": callback.best_model_path or callback.last_model_path, "last": callback.last_model_path}
+
+
+def _as_overrides(values: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+STAGES: tuple[tuple[str, Callable[[Run], Outputs]], ...] = (
+    ("world", _world),
+    ("segmentation", _segmentation),
+    ("features", _features),
+    ("image_vae", _image_vae),
+    ("rna_vae", _rna_vae),
+)
+STAGE_NAMES = tuple(name for name, _ in STAGES)

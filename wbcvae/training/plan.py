@@ -1,0 +1,140 @@
+"""What both β-VAE training plans share: one step for train/val/test, logging, the NaN guard, exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+import wbcvae
+from wbcvae.models.losses import check_finite, kl_weight
+
+Batch = dict[str, torch.Tensor]
+Outputs = dict[str, torch.Tensor]
+
+
+class VAEPlan(L.LightningModule):
+    """Subclasses build `self.vae` and say how a batch becomes named loss terms (`losses`).
+
+    The total is Σ weight·term; every term is logged unweighted under `<stage>/<term>` and the total
+    under `<stage>/loss`, so a dashboard shows which term moves.
+    """
+
+    vae: torch.nn.Module
+    kind: str  # "image" or "rna": what `wbcvae embed` reads from the checkpoint
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
+        """(unweighted terms, their weights at this step, the VAE's outputs). No logging, no checks."""
+        raise NotImplementedError
+
+    def total_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], Outputs]:
+        """Σ weight·term, the terms, and the outputs: the whole objective, usable outside Lightning."""
+        terms, weights, outputs = self.losses(batch)
+        loss = sum(weights[name] * value for name, value in terms.items())
+        return loss, terms, outputs
+
+    def beta(self) -> float:
+        """The KL weight now: while training, `beta` ramped over `kl_warmup_steps` optimiser steps;
+        in evaluation the full `beta`, so `val/loss` is one objective across epochs (the best
+        checkpoint is not simply the one from before the ramp)."""
+        if not self.training:
+            return self.hparams.beta
+        return kl_weight(self.hparams.beta, self.global_step, self.hparams.kl_warmup_steps)
+
+    def _common_step(self, batch: Batch, stage: str) -> dict[str, torch.Tensor]:
+        loss, terms, outputs = self.total_loss(batch)
+        check_finite({**terms, "loss": loss}, step=self.global_step, stage=stage)
+        training = stage == "train"
+        logged = {f"{stage}/{name}": value.detach() for name, value in terms.items()}
+        logged[f"{stage}/loss"] = loss.detach()
+        # Validation and test metrics are averaged over all DDP ranks (checkpointing monitors val/loss);
+        # training metrics stay per-rank to avoid a collective on every step.
+        self.log_dict(logged, on_step=training, on_epoch=True, sync_dist=not training, batch_size=len(batch["label"]))
+        if training:
+            self.log("train/beta", self.beta(), on_step=True, on_epoch=False)
+        detached = {name: value.detach() for name, value in outputs.items()}
+        return {"loss": loss, **detached, "label": batch["label"]}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._common_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # --- exact resume ------------------------------------------------------------------------------
+    # Every epoch's randomness (the sampler's shuffle, the reparameterisation noise) is seeded from
+    # (run seed, epoch) just before that epoch's data iterator is made: at fit start for the first
+    # epoch of a `fit` call, at the end of the previous epoch otherwise. A run resumed from an
+    # epoch-end checkpoint therefore draws exactly what the uninterrupted run drew, bit for bit,
+    # whatever the DataModule's sampler takes from the global RNG. (The sanity check runs RNG-isolated.)
+
+    _resume_epoch = 0
+
+    def _reseed(self, epoch: int) -> None:
+        seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + epoch) % 2**32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def on_fit_start(self) -> None:
+        self._reseed(self._resume_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        self._reseed(self.current_epoch + 1)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resume_epoch = checkpoint.get("wbcvae", {}).get("resume_epoch", 0)
+        if self._trainer is not None and self.trainer.training:  # strategies that restore after on_fit_start
+            self._reseed(self._resume_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record which plan this is and where its data came from, for `wbcvae embed` and provenance.
+
+        Hyperparameters are reduced to plain values (a `Path` becomes a string), so the checkpoint
+        loads with `torch.load(weights_only=True)`, PyTorch's safe default, e.g. in `load_from_checkpoint`.
+        """
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = _plain(checkpoint[key])
+        checkpoint["wbcvae"] = {
+            "plan": f"{type(self).__module__}.{type(self).__qualname__}",
+            "kind": self.kind,
+            "version": wbcvae.__version__,
+            "resume_epoch": self.current_epoch + 1,  # our checkpoints are taken at epoch ends
+            "data": data_provenance(self.trainer.datamodule if self._trainer else None),
+        }
+
+
+def data_provenance(datamodule: L.LightningDataModule | None) -> dict:
+    """The DataModule's class and init arguments, plus its own `provenance()` when it offers one."""
+    if datamodule is None:
+        return {}
+    record = {
+        "datamodule": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+        "hparams": _plain(dict(datamodule.hparams)),
+    }
+    source = getattr(datamodule, "source", None)
+    if isinstance(source, (str, os.PathLike)):
+        record["source"] = str(Path(source).resolve())
+    if callable(getattr(datamodule, "provenance", None)):
+        record["provenance"] = datamodule.provenance()
+    return record
+
+
+def _plain(value: object) -> object:
+    """Containers kept, scalars kept, anything else (a Path, an AnnData) as its string."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)

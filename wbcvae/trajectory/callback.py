@@ -1,0 +1,98 @@
+"""Trajectories from a trained joint model: at the end of training (a callback) or from a checkpoint.
+
+Anchors come from both modalities pooled: the frozen RNA latents and the image latents of the
+fine-tuned encoder, so a class present in only one modality (real marrow RNA has no neutrophils,
+blood images no HSCs) can still anchor a path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents
+from wbcvae.errors import InputError
+from wbcvae.trajectory.decode import as_decoder
+from wbcvae.trajectory.presets import PRESETS
+from wbcvae.trajectory.recovery import GroundTruth
+from wbcvae.trajectory.run import TrajectoryResult, TrajectorySettings, run_trajectory
+
+
+def run_presets(
+    module: JointAlignmentModule,
+    out_dir: str | Path,
+    presets: Sequence[str] = tuple(PRESETS),
+    settings: TrajectorySettings | None = None,
+    truth: GroundTruth | None = None,
+    image_cells: LabelledLatents | None = None,
+) -> dict[str, TrajectoryResult]:
+    """Run each preset on the module's latents; a preset whose classes are missing is skipped with a warning."""
+    image_cells = image_cells if image_cells is not None else module.image_latents
+    cells = LabelledLatents.concat([module.rna_latents(), *([image_cells] if image_cells is not None else [])])
+    image_decoder, gene_decoder = as_decoder(module.image_plan.vae), as_decoder(module.rna_plan.vae)
+    results = {}
+    for name in presets:
+        try:
+            results[name] = run_trajectory(
+                name, cells.latent, cells.classes, image_decoder, gene_decoder, module.gene_names, out_dir, settings, truth
+            )
+        except InputError as err:
+            rank_zero_warn(f"trajectory {name!r} skipped: {err}")
+    return results
+
+
+class TrajectoryCallback(L.Callback):
+    """At the end of `fit`, on rank zero: fit and decode every preset, write the files under
+    `<run dir>/trajectories/`, and log strips, heatmaps, cluster tables and numbers to the loggers."""
+
+    def __init__(
+        self,
+        presets: Sequence[str] = tuple(PRESETS),
+        settings: TrajectorySettings | None = None,
+        truth: GroundTruth | None = None,
+        out_dir: str | Path | None = None,
+    ) -> None:
+        unknown = [p for p in presets if p not in PRESETS]
+        if unknown:
+            raise InputError(f"no trajectory preset {unknown[0]!r}; known: {sorted(PRESETS)}")
+        self.presets, self.settings, self.truth = tuple(presets), settings, truth
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.results: dict[str, TrajectoryResult] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.out_dir is None:  # trainer.log_dir is a collective under DDP: resolve it on every rank
+            self.out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "trajectories"
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not isinstance(pl_module, JointAlignmentModule):
+            raise TypeError(f"TrajectoryCallback needs a JointAlignmentModule, got {type(pl_module).__name__}")
+        self.results = run_presets(pl_module, self.out_dir, self.presets, self.settings, self.truth, _all_images(trainer, pl_module))
+        for name, result in self.results.items():
+            _log_result(trainer, name, result)
+
+
+def _all_images(trainer: L.Trainer, module: JointAlignmentModule) -> LabelledLatents | None:
+    """Every training and validation image through the final encoder; the last validation latents
+    when there is no DataModule to read them from."""
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        return module.image_latents
+    parts = [module.encode_images(getattr(datamodule, f"{split}_dataloader")()) for split in ("train", "val")]
+    return LabelledLatents.concat(parts)
+
+
+def _log_result(trainer: L.Trainer, name: str, result: TrajectoryResult) -> None:
+    numbers = {f"trajectory/{name}/{k}": float(v) for k, v in result.metrics.items() if np.isfinite(v)}
+    for logger in trainer.loggers:
+        logger.log_metrics(numbers, step=trainer.global_step)
+        if isinstance(logger, WandbLogger):
+            images = [str(result.files[key]) for key in ("strip", "heatmap", "markers_plot")]
+            logger.log_image(key=f"trajectory/{name}", images=images, caption=["decoded path", "gene kinetics", "markers"])
+            logger.log_table(key=f"trajectory/{name}/clusters", dataframe=result.tables["clusters"])

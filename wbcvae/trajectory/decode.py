@@ -1,0 +1,182 @@
+"""Turn a latent path into what a haematologist looks at: images along the path and gene curves.
+
+Decoders are duck-typed: a VAE with `.decode(z)` or any callable z → output; when the output is a
+tuple (the image VAE returns `(h_hat, image)`) its last element is taken. The mean path is decoded
+once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
+and per-gene standard deviation), so the figures show how sure the path is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from wbcvae.report.html import save_figure
+from wbcvae.trajectory.gp import Trajectory
+from wbcvae.utils.atomic import atomic_path
+
+Decoder = Callable[[Tensor], Tensor]
+
+
+def as_decoder(model: nn.Module | Callable) -> Decoder:
+    """A function z → tensor on the model's device, in eval mode, from a VAE or a plain callable."""
+    fn = model.decode if hasattr(model, "decode") else model
+    owner = model if isinstance(model, nn.Module) else getattr(fn, "__self__", None)
+
+    def decode(z: Tensor) -> Tensor:
+        with _evaluating(owner), torch.no_grad():
+            out = fn(z.to(_device_of(owner)))
+        out = out[-1] if isinstance(out, (tuple, list)) else out
+        return out.detach().float().cpu()
+
+    return decode
+
+
+@dataclass
+class DecodedPath:
+    """Both decoders' view of one trajectory (N steps)."""
+
+    name: str
+    t: np.ndarray  # N
+    images: Tensor  # N×3×H×W, decoded mean path
+    image_std: Tensor | None  # N×H×W, pixel spread over posterior samples (channel mean)
+    genes: np.ndarray  # N×G, decoded mean path
+    gene_std: np.ndarray | None  # N×G, spread over posterior samples
+    gene_names: list[str]
+
+    def gene_frame(self) -> pd.DataFrame:
+        """The steps × genes expression matrix, indexed by pseudotime."""
+        return pd.DataFrame(self.genes, index=pd.Index(np.round(self.t, 6), name="pseudotime"), columns=self.gene_names)
+
+
+def decode_path(
+    trajectory: Trajectory,
+    image_decoder: Decoder,
+    gene_decoder: Decoder,
+    gene_names: Sequence[str],
+    batch_size: int = 64,
+) -> DecodedPath:
+    """Decode the mean path and summarise the decoded posterior samples."""
+    images = _decode_batched(image_decoder, trajectory.mean, batch_size)
+    genes = _decode_batched(gene_decoder, trajectory.mean, batch_size)
+    if genes.shape[1] != len(gene_names):
+        raise ValueError(f"gene decoder returns {genes.shape[1]} genes but {len(gene_names)} gene names were given")
+    image_std = gene_std = None
+    if len(trajectory.samples) > 1:
+        # Running moments: holding S×N decoded images at 3×128×128 would take hundreds of MB.
+        image_moments, gene_moments = _Moments(), _Moments()
+        for path in trajectory.samples:
+            image_moments.add(_decode_batched(image_decoder, path, batch_size))
+            gene_moments.add(_decode_batched(gene_decoder, path, batch_size))
+        image_std = image_moments.std().mean(1)
+        gene_std = gene_moments.std().numpy()
+    return DecodedPath(
+        trajectory.name, trajectory.t.numpy(), images.clamp(0, 1), image_std, genes.numpy(), gene_std, list(gene_names)
+    )
+
+
+def save_image_strip(decoded: DecodedPath, path: Path, frames: int = 10) -> Path:
+    """PNG: `frames` evenly spaced decoded images, and under them their spread over posterior samples."""
+    steps = np.unique(np.linspace(0, len(decoded.t) - 1, frames).round().astype(int))
+    rows = 2 if decoded.image_std is not None else 1
+    fig = Figure(figsize=(1.3 * len(steps), 1.45 * rows + 0.3))
+    axes = fig.subplots(rows, len(steps), squeeze=False)
+    vmax = float(decoded.image_std.max()) if decoded.image_std is not None else 1.0
+    for col, step in enumerate(steps):
+        axes[0, col].imshow(decoded.images[step].permute(1, 2, 0).numpy())
+        axes[0, col].set_title(f"t={decoded.t[step]:.2f}", fontsize=8)
+        if decoded.image_std is not None:
+            axes[1, col].imshow(decoded.image_std[step].numpy(), cmap="magma", vmin=0, vmax=max(vmax, 1e-6))
+    axes[0, 0].set_ylabel("decoded", fontsize=8)
+    if rows == 2:
+        axes[1, 0].set_ylabel("spread (sd)", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(decoded.name, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_gif(decoded: DecodedPath, path: Path, frame_ms: int = 80) -> Path:
+    """Animated GIF of every decoded step, its pseudotime written in the corner."""
+    frames = []
+    for step, image in enumerate(decoded.images):
+        frame = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        ImageDraw.Draw(frame).text((3, 2), f"t={decoded.t[step]:.2f}", fill=(0, 0, 0))
+        frames.append(frame)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return Path(path)
+
+
+def save_gene_curves(decoded: DecodedPath, genes: Sequence[str], path: Path) -> Path:
+    """PNG: decoded expression of `genes` along the path, ±2 sd of the posterior samples shaded."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for gene in genes:
+        j = decoded.gene_names.index(gene)
+        (line,) = ax.plot(decoded.t, decoded.genes[:, j], label=gene)
+        if decoded.gene_std is not None:
+            low, high = decoded.genes[:, j] - 2 * decoded.gene_std[:, j], decoded.genes[:, j] + 2 * decoded.gene_std[:, j]
+            ax.fill_between(decoded.t, low, high, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("pseudotime")
+    ax.set_ylabel("decoded expression")
+    ax.set_title(decoded.name)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _decode_batched(decoder: Decoder, z: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([decoder(chunk) for chunk in z.split(batch_size)])
+
+
+class _Moments:
+    """Running mean and variance (Welford) of equally shaped tensors."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, x: Tensor) -> None:
+        x = x.double()
+        self.n += 1
+        if self.mean is None:
+            self.mean, self.m2 = x.clone(), torch.zeros_like(x)
+            return
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def std(self) -> Tensor:
+        return (self.m2 / max(self.n - 1, 1)).sqrt().float()
+
+
+def _device_of(module: nn.Module | None) -> torch.device:
+    if isinstance(module, nn.Module):
+        for tensor in module.parameters():
+            return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module | None) -> Iterator[None]:
+    """Eval mode while decoding (no dropout, frozen batch-norm statistics), then back as it was."""
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

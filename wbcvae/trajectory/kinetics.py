@@ -1,0 +1,249 @@
+"""Gene kinetics along a decoded path: z-normalised curves, k-Shape clusters named by their shape.
+
+k-Shape (tslearn) compares curve *shapes* after z-normalisation, which brings three pitfalls that
+this module handles instead of passing them on to the user:
+- a (nearly) constant curve has no shape: its z-normalisation divides by zero (NaN) or blows noise
+  up into a shape. Genes whose change along the path is below `flat_fraction` of the typical change
+  of the moving genes are called `flat` and kept out of k-Shape;
+- an initialisation can leave a cluster empty: tslearn then retries and, when every try fails,
+  returns stale labels. We check that a fit succeeded and otherwise ask for one cluster fewer;
+- fewer genes, or fewer distinct curves, than k: k is lowered to what the data can hold.
+Each cluster is named by the shape of its members' mean curve (up / down / transient), not by the
+k-Shape centroid, which k-Shape may have shifted in time.
+
+tslearn's k-Shape computes each cross-correlation in numba object mode, one pair at a time (minutes
+for a few thousand genes, plus a numba compilation per process); `_VectorisedKShape` keeps tslearn's
+algorithm, initialisation and bookkeeping and replaces only those two inner loops by batched FFTs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
+from tslearn.clustering import KShape
+
+from wbcvae.report.html import save_figure
+
+SHAPES = ("up", "down", "transient", "flat")
+FLAT = "flat"
+
+
+@dataclass
+class GeneKinetics:
+    """k-Shape result for one path.
+
+    `table`: one row per gene, sorted by cluster then rank: gene, cluster, shape (the cluster's),
+    gene_shape (the gene's own curve named alone), change (range along the path), net_change (end −
+    start), peak_t, half_t (when the gene is first halfway through its change), rank (by change);
+    `cluster` −1 is the flat group. `curves`: z-normalised curves indexed by gene (genes × steps;
+    zeros for flat genes).
+    """
+
+    table: pd.DataFrame
+    curves: pd.DataFrame
+    t: np.ndarray
+    k_requested: int
+    k_used: int
+
+    def shapes(self) -> pd.Series:
+        """Shape of each gene's cluster, indexed by gene."""
+        return self.table.set_index("gene")["shape"]
+
+
+def znormalise(curves: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Each row to mean 0, sd 1; rows with sd ≤ eps become zeros (a flat curve has no shape)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    sd = curves.std(axis=1, keepdims=True)
+    centred = curves - curves.mean(axis=1, keepdims=True)
+    return np.where(sd > eps, centred / np.where(sd > eps, sd, 1.0), 0.0)
+
+
+def shape_of(curve: np.ndarray, transient_ratio: float = 0.5, end_fraction: float = 0.05) -> str:
+    """Name a z-normalised curve: `transient` when it rises above (or dips below) both ends by more
+    than `transient_ratio` of its net change (and by half a standard deviation); else `up` or `down`."""
+    n_end = max(1, int(round(end_fraction * len(curve))))
+    start, end = curve[:n_end].mean(), curve[-n_end:].mean()
+    net = end - start
+    excursion = max(curve.max() - max(start, end), min(start, end) - curve.min())
+    if excursion > max(transient_ratio * abs(net), 0.5):
+        return "transient"
+    return "up" if net > 0 else "down"
+
+
+def cluster_kinetics(
+    expression: np.ndarray,
+    gene_names: Sequence[str],
+    t: np.ndarray | None = None,
+    k: int = 4,
+    flat_fraction: float = 0.1,
+    n_init: int = 3,
+    seed: int = 0,
+) -> GeneKinetics:
+    """Cluster the curves of a steps × genes matrix with k-Shape and name each cluster by its shape.
+
+    `flat_fraction`: a gene whose range along the path is below this fraction of the 95th percentile
+    of all genes' ranges is `flat`.
+    """
+    expression = np.asarray(expression, dtype=np.float64)
+    steps, n_genes = expression.shape
+    if n_genes != len(gene_names):
+        raise ValueError(f"{n_genes} gene curves but {len(gene_names)} gene names")
+    t = np.linspace(0, 1, steps) if t is None else np.asarray(t)
+    curves = expression.T  # genes × steps
+    change = curves.max(1) - curves.min(1)
+    reference = np.percentile(change, 95) if n_genes else 0.0
+    moving = change > max(flat_fraction * reference, 1e-9)
+    z = znormalise(curves)
+    z[~moving] = 0.0
+
+    labels = np.full(n_genes, -1)
+    k_used = 0
+    if moving.any():
+        labels[moving], k_used = _kshape(z[moving], k, n_init, seed)
+    cluster_shape = {-1: FLAT}
+    for c in range(k_used):
+        cluster_shape[c] = shape_of(z[labels == c].mean(0))
+
+    table = pd.DataFrame(
+        {
+            "gene": list(gene_names),
+            "cluster": labels,
+            "shape": [cluster_shape[c] for c in labels],
+            "gene_shape": [shape_of(row) if m else FLAT for row, m in zip(z, moving)],
+            "change": change,
+            "net_change": curves[:, -1] - curves[:, 0],
+            "peak_t": t[curves.argmax(1)],
+            "half_t": t[_half_change_step(curves)],
+        }
+    )
+    table = _renumber_by_shape(table)
+    table["rank"] = table.groupby("cluster")["change"].rank(ascending=False, method="first").astype(int)
+    table = table.sort_values(["cluster", "rank"]).reset_index(drop=True)
+    return GeneKinetics(table, pd.DataFrame(z, index=list(gene_names)), t, k, k_used)
+
+
+def _half_change_step(curves: np.ndarray) -> np.ndarray:
+    """Per curve, the first step at which it has moved half its largest distance from the start."""
+    moved = np.abs(curves - curves[:, :1])
+    return (moved >= 0.5 * moved.max(1, keepdims=True)).argmax(1)
+
+
+def _kshape(z: np.ndarray, k: int, n_init: int, seed: int) -> tuple[np.ndarray, int]:
+    """Labels 0…k'−1 (every cluster non-empty) and k' ≤ k, lowering k until a fit succeeds."""
+    distinct = len(np.unique(z.round(6), axis=0))
+    k = max(1, min(k, len(z), distinct))
+    while k > 1:
+        model = _VectorisedKShape(n_clusters=k, n_init=n_init, random_state=seed)
+        try:
+            # Small eigen-problems: one BLAS thread is faster, and many threads on a busy machine crawl.
+            with threadpool_limits(1):
+                model.fit(z[:, :, None])
+        except Exception as err:  # tslearn's EmptyClusterError also escapes from its final re-assignment
+            if type(err).__name__ != "EmptyClusterError":
+                raise
+            k -= 1
+            continue
+        if model._X_fit is None:  # every initialisation left a cluster empty: labels would be stale
+            k -= 1
+            continue
+        used, labels = np.unique(model.labels_, return_inverse=True)
+        return labels.reshape(-1), len(used)
+    return np.zeros(len(z), dtype=int), 1
+
+
+class _VectorisedKShape(KShape):
+    """tslearn's KShape for univariate series, its cross-correlations batched through numpy FFTs."""
+
+    def _cross_dists(self, X: np.ndarray) -> np.ndarray:
+        ncc = _normalised_cc(X[:, :, 0], self.cluster_centers_[:, :, 0], self.norms_, self.norms_centroids_)
+        return 1.0 - ncc.max(-1)
+
+    def _shape_extraction(self, X: np.ndarray, k: int) -> np.ndarray:
+        members = X[self.labels_ == k, :, 0]
+        reference = self.cluster_centers_[k, :, 0]
+        ncc = _normalised_cc(reference[None], members, np.linalg.norm(reference)[None], self.norms_[self.labels_ == k])
+        shifted = _shift(members, ncc[0].argmax(-1) + 1 - members.shape[1])
+        sz = members.shape[1]
+        q = np.eye(sz) - np.ones((sz, sz)) / sz
+        _, vectors = np.linalg.eigh(q.T @ (shifted.T @ shifted) @ q)
+        mu = vectors[:, -1]
+        # The eigenvector's sign is arbitrary: keep the one closer to the members (as tslearn does).
+        if np.linalg.norm(shifted + mu, axis=1).sum() < np.linalg.norm(shifted - mu, axis=1).sum():
+            mu = -mu
+        return mu[:, None]
+
+
+def _normalised_cc(a: np.ndarray, b: np.ndarray, norms_a: np.ndarray, norms_b: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of every row of `a` (n×sz) with every row of `b` (m×sz), at every
+    shift: n×m×(2·sz−1), shifts from −(sz−1) to sz−1, as tslearn's `normalized_cc`."""
+    sz = a.shape[1]
+    fft_size = 2 ** (1 + int(np.log2(2 * sz - 1)))
+    cc = np.fft.irfft(np.fft.rfft(a, fft_size)[:, None] * np.conj(np.fft.rfft(b, fft_size))[None], fft_size)
+    cc = np.concatenate([cc[..., -(sz - 1) :], cc[..., :sz]], axis=-1)
+    denom = norms_a[:, None] * norms_b[None, :]
+    return cc / np.where(denom < 1e-9, np.inf, denom)[..., None]
+
+
+def _shift(series: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Row i moved right by shifts[i] steps (left when negative), zero-filled."""
+    sz = series.shape[1]
+    source = np.arange(sz)[None, :] - shifts[:, None]
+    inside = (source >= 0) & (source < sz)
+    return np.where(inside, np.take_along_axis(series, source.clip(0, sz - 1), axis=1), 0.0)
+
+
+def _renumber_by_shape(table: pd.DataFrame) -> pd.DataFrame:
+    """Cluster ids in the order up, transient, down (then by when they change); flat stays −1."""
+    order = {"up": 0, "transient": 1, "down": 2}
+    moving = table[table.cluster >= 0]
+    keys = moving.groupby("cluster").agg(shape=("shape", "first"), when=("half_t", "mean"))
+    keys = keys.assign(o=keys["shape"].map(order)).sort_values(["o", "when"])
+    mapping = {old: new for new, old in enumerate(keys.index)} | {-1: -1}
+    return table.assign(cluster=table["cluster"].map(mapping))
+
+
+def cluster_summary(kinetics: GeneKinetics) -> pd.DataFrame:
+    """One row per cluster: shape, size and its top genes by change."""
+    rows = []
+    for cluster, members in kinetics.table.groupby("cluster"):
+        rows.append(
+            {
+                "cluster": cluster,
+                "shape": members["shape"].iloc[0],
+                "genes": len(members),
+                "top_genes": ", ".join(members.nsmallest(8, "rank")["gene"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def save_heatmap(kinetics: GeneKinetics, path: Path, genes_per_cluster: int = 40, title: str = "") -> Path:
+    """PNG heatmap of z-normalised curves, the top genes of each cluster, clusters separated by lines."""
+    table = kinetics.table
+    shown = table[(table["rank"] <= genes_per_cluster) & (table.cluster >= 0)].sort_values(["cluster", "half_t"])
+    matrix = kinetics.curves.loc[shown["gene"]].to_numpy()
+    fig = Figure(figsize=(6.5, 2 + 0.035 * len(shown)))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5, interpolation="nearest",
+                      extent=(kinetics.t[0], kinetics.t[-1], len(shown), 0))
+    bounds = np.flatnonzero(np.diff(shown["cluster"].to_numpy())) + 1
+    for b in bounds:
+        ax.axhline(b, color="black", lw=0.8)
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(shown)]])
+    ax.set_yticks((starts + ends) / 2)
+    sizes = table.groupby("cluster").size()
+    shapes = table.groupby("cluster")["shape"].first()
+    clusters = shown["cluster"].to_numpy()[starts]
+    ax.set_yticklabels([f"C{c}: {shapes[c]} ({sizes[c]} genes)" for c in clusters], fontsize=7)
+    ax.set_xlabel("pseudotime")
+    ax.set_title(title or "gene kinetics (z-normalised, top genes per cluster)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="z")
+    fig.tight_layout()
+    return save_figure(fig, path)
