@@ -3,7 +3,8 @@
 For each checkpoint the DataModule it was trained on is rebuilt (same class, arguments and seeded split;
 an RNA run reuses its saved preprocessing), and on the *test* split, never seen in training:
 - reconstruction MSE of every reconstruction term (RNA: expression; image: RoI features and the masked
-  crop), beside the MSE of always predicting the training cells' mean (a model must beat it);
+  crop), beside two yardsticks fitted on the training cells: always predicting their mean (a model must
+  beat it) and projecting onto their top-50 principal axes (the best linear 50-d code);
 - kNN accuracy: each test cell's class voted by its 5 nearest *training* cells in μ-space, beside
   chance (the most frequent test class);
 - for image checkpoints, a figure of test cells, one per class: input, masked target, reconstruction.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import load_plan, rebuild_datamodule
 from wbcvae.training.metrics import knn_accuracy
 from wbcvae.training.plan import VAEPlan
@@ -34,77 +36,63 @@ RECONSTRUCTIONS = {
 }
 
 
-class SplitSummary:
-    """Accumulates, over one split, μ, labels, squared errors per term, and the mean truth per term."""
+class Split:
+    """One split's μ, labels, and per term the masked truth and masked reconstruction, flattened per cell."""
 
     def __init__(self, terms: dict[str, tuple[str, str, str | None]]) -> None:
         self.terms = terms
-        self.mu: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-        self.squared = defaultdict(float)
-        self.elements = defaultdict(int)
-        self.truth_sum: dict[str, torch.Tensor] = {}
-        self.cells = 0
+        self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
         self.examples: dict[int, tuple[torch.Tensor, ...]] = {}  # class → (input, masked target, reconstruction)
 
     def add(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
-        self.mu.append(outputs["mu"].float().cpu().numpy())
-        self.labels.append(batch["label"].cpu().numpy())
-        self.cells += len(batch["label"])
+        self.parts["mu"].append(outputs["mu"].float().cpu().numpy())
+        self.parts["label"].append(batch["label"].cpu().numpy())
         for term, (truth_key, output_key, mask_key) in self.terms.items():
             mask = batch[mask_key] if mask_key else 1.0
-            truth, recon = batch[truth_key].float(), outputs[output_key].float()
-            self.squared[term] += float(((mask * recon - mask * truth) ** 2).sum())
-            self.elements[term] += truth.numel()
-            total = truth.sum(0).cpu()
-            self.truth_sum[term] = total if term not in self.truth_sum else self.truth_sum[term] + total
+            for name, value in (("truth", batch[truth_key]), ("recon", outputs[output_key])):
+                self.parts[f"{term}/{name}"].append((mask * value.float()).flatten(1).cpu().numpy())
         if "image_hat" in outputs:
             for i, label in enumerate(batch["label"].tolist()):
                 if label not in self.examples:
                     target, mask = batch["target"][i].cpu(), batch["mask"][i].cpu()
                     self.examples[label] = (target, mask * target, outputs["image_hat"][i].cpu())
 
-    def mse(self, term: str) -> float:
-        return self.squared[term] / self.elements[term]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(self.mu), np.concatenate(self.labels)
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.concatenate(self.parts[name])
 
 
 @torch.no_grad()
-def summarise(plan: VAEPlan, loader, terms: dict, device: str) -> SplitSummary:
-    summary = SplitSummary(terms)
+def collect(plan: VAEPlan, loader, terms: dict, device: str, max_cells: int) -> Split:
+    """The first `max_cells` cells of `loader` through the VAE in eval mode (z = μ: deterministic)."""
+    split, cells = Split(terms), 0
     for batch in loader:
         batch = {key: value.to(device) for key, value in batch.items()}
-        _, _, outputs = plan.losses(batch)  # eval mode: z = μ, so the reconstruction is deterministic
-        summary.add(batch, outputs)
-    return summary
+        _, _, outputs = plan.losses(batch)
+        split.add(batch, outputs)
+        cells += len(batch["label"])
+        if cells >= max_cells:
+            break
+    return split
 
 
-@torch.no_grad()
-def mean_baseline_mse(train: SplitSummary, plan: VAEPlan, loader, terms: dict, device: str) -> dict[str, float]:
-    """MSE on the test split of predicting, for every cell, the mean training truth of each term."""
-    means = {term: (train.truth_sum[term] / train.cells).to(device) for term in terms}
-    squared, elements = defaultdict(float), defaultdict(int)
-    for batch in loader:
-        batch = {key: value.to(device) for key, value in batch.items()}
-        for term, (truth_key, _, mask_key) in terms.items():
-            mask = batch[mask_key] if mask_key else 1.0
-            truth = batch[truth_key].float()
-            squared[term] += float(((mask * means[term] - mask * truth) ** 2).sum())
-            elements[term] += truth.numel()
-    return {term: squared[term] / elements[term] for term in terms}
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def pca_baseline(train: np.ndarray, test: np.ndarray, k: int) -> float:
+    """MSE on `test` of its projection onto the top-k principal axes of `train`: the best any linear
+    k-dimensional code does, a yardstick for a k-dimensional latent."""
+    mean = train.mean(0)
+    _, _, axes = np.linalg.svd(train - mean, full_matrices=False)
+    axes = axes[:k]
+    return mse((test - mean) @ axes.T @ axes + mean, test)
 
 
 def reconstruction_figure(examples: dict[int, tuple[torch.Tensor, ...]], title: str, path: Path) -> None:
     """Columns: one held-out cell per class; rows: input crop, masked target, reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     classes = sorted(examples)
-    fig, axes = plt.subplots(3, len(classes), figsize=(1.6 * len(classes), 5.2), squeeze=False)
+    fig = new_figure(1.6 * len(classes), 5.2)
+    axes = fig.subplots(3, len(classes), squeeze=False)
     for column, label in enumerate(classes):
         for row, (image, name) in enumerate(zip(examples[label], ("input", "masked target", "reconstruction"))):
             ax = axes[row, column]
@@ -118,33 +106,32 @@ def reconstruction_figure(examples: dict[int, tuple[torch.Tensor, ...]], title: 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def evaluate(ckpt: Path, device: str, figure: Path | None) -> dict:
+def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int) -> dict:
     plan, record = load_plan(ckpt, map_location=device)
     plan.eval()
     terms = RECONSTRUCTIONS[record["kind"]]
     datamodule = rebuild_datamodule(record)
     datamodule.setup("fit")
-    train = summarise(plan, datamodule.train_dataloader(), terms, device)
-    test = summarise(plan, datamodule.test_dataloader(), terms, device)
-    baseline = mean_baseline_mse(train, plan, datamodule.test_dataloader(), terms, device)
-    train_mu, train_labels = train.arrays()
-    test_mu, test_labels = test.arrays()
-    labelled = test_labels[test_labels >= 0]
+    train = collect(plan, datamodule.train_dataloader(), terms, device, max_cells)
+    test = collect(plan, datamodule.test_dataloader(), terms, device, max_cells)
+    labelled = test["label"][test["label"] >= 0]
     result = {
         "checkpoint": str(ckpt),
         "kind": record["kind"],
         "data": record["data"].get("source") or record["data"]["hparams"].get("store_dir"),
-        "train_cells": int(len(train_labels)),
-        "test_cells": int(len(test_labels)),
-        "classes_in_test": int(len(np.unique(labelled))),
-        "knn5_accuracy": knn_accuracy(train_mu, train_labels, test_mu, test_labels, k=5),
+        "train_cells": len(train["label"]),
+        "test_cells": len(test["label"]),
+        "classes_in_test": len(np.unique(labelled)),
+        "knn5_accuracy": knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5),
         "chance_accuracy": float(np.bincount(labelled).max() / len(labelled)) if len(labelled) else float("nan"),
-        **{f"{term}": test.mse(term) for term in terms},
-        **{f"{term}_mean_baseline": baseline[term] for term in terms},
     }
+    for term in terms:
+        truth, train_truth = test[f"{term}/truth"], train[f"{term}/truth"]
+        result[term] = mse(test[f"{term}/recon"], truth)
+        result[f"{term}_mean_baseline"] = mse(np.broadcast_to(train_truth.mean(0), truth.shape), truth)
+        result[f"{term}_pca_baseline"] = pca_baseline(train_truth, truth, plan.hparams.latent_dim)
     if figure is not None and test.examples:
         reconstruction_figure(test.examples, f"held-out cells, {result['data']}", figure)
         result["figure"] = str(figure)
@@ -157,6 +144,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="folder for the JSON results")
     parser.add_argument("--figure", type=Path, default=None, help="reconstruction figure path (image checkpoints; one per checkpoint: -N suffix)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most (memory: the PCA yardstick)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -164,13 +152,15 @@ def main() -> None:
         figure = None
         if args.figure is not None:
             figure = args.figure if len(args.checkpoints) == 1 else args.figure.with_stem(f"{args.figure.stem}-{n}")
-        results.append(evaluate(ckpt, args.device, figure))
+        results.append(evaluate(ckpt, args.device, figure, args.max_cells))
     (args.out / "vae_quality.json").write_text(json.dumps(results, indent=2))
 
-    print("| data | model | test cells | classes | reconstruction MSE (mean-prediction baseline) | kNN k=5 accuracy (chance) |")
+    print("| data | model | test cells | classes | reconstruction MSE (training mean; PCA-50) | kNN k=5 accuracy (chance) |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        recon = "; ".join(f"{t} {r[t]:.4f} ({r[t + '_mean_baseline']:.4f})" for t in RECONSTRUCTIONS[r["kind"]])
+        recon = "; ".join(
+            f"{t} {r[t]:.4f} ({r[t + '_mean_baseline']:.4f}; {r[t + '_pca_baseline']:.4f})" for t in RECONSTRUCTIONS[r["kind"]]
+        )
         print(f"| {r['data']} | {r['kind']} | {r['test_cells']} | {r['classes_in_test']} | {recon} "
               f"| {r['knn5_accuracy']:.3f} ({r['chance_accuracy']:.3f}) |")  # fmt: skip
     print(f"\nwritten to {args.out / 'vae_quality.json'}")

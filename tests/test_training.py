@@ -185,13 +185,19 @@ def test_rna_run_csv_dashboards_then_embed_to_anndata(tiny_h5ad, tmp_path):
 
 
 def _cli_command(kind: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "wbcvae.training.cli", kind, *TOY[kind], *QUIET, *args]
+    """`wbcvae train KIND …` as a user types it (DDP re-launches this same command for rank 1)."""
+    return [sys.executable, "-m", "wbcvae", "train", kind, *TOY[kind], *QUIET, *args]
+
+
+def _environment(**env: str) -> dict[str, str]:
+    """This environment, one thread per process, the repo importable, and never an online W&B run."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
+    environment.pop("WANDB_API_KEY", None)
+    return environment
 
 
 def _run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
-    environment.pop("WANDB_API_KEY", None)
-    done = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=cwd, env=_environment(**env), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -222,9 +228,8 @@ def test_sigkill_then_ckpt_path_resume_matches_uninterrupted_run(tmp_path):
 
     root = tmp_path / "b"
     last = run_dir(root, "rna") / "checkpoints" / "last.ckpt"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(_cli_command("rna", *args, "--trainer.default_root_dir", str(root)), cwd=tmp_path,
-                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         while not last.is_file() and process.poll() is None:
             time.sleep(0.05)

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from wbcvae.errors import InputError
+from wbcvae.report.html import to_jsonable, write_report
 from wbcvae.utils.atomic import atomic_path
+from wbcvae.utils.config import load_yaml_config
 
 Outputs = dict[str, Any]
 
@@ -40,21 +39,8 @@ class Run:
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:
-    """The YAML at `path`, with `section.key=value` overrides (values parsed as YAML)."""
-    from wbcvae.segmentation.train import apply_overrides
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pipeline config {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    apply_overrides(config, overrides)
-    unknown = set(config) - {"out", "seed", *STAGE_NAMES}
-    if unknown:
-        raise InputError(f"{path}: unknown pipeline section {sorted(unknown)[0]!r} (known: out, seed, {', '.join(STAGE_NAMES)})")
-    return config
+    """The pipeline YAML at `path`, with `section.key=value` overrides."""
+    return load_yaml_config(path, overrides, known=("out", "seed", *STAGE_NAMES))
 
 
 def run_pipeline(config: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
@@ -97,7 +83,7 @@ def _segmentation(run: Run) -> Outputs:
     from wbcvae.segmentation.train import load_config, train_segmentation
 
     settings = run.section("segmentation")
-    config = load_config(settings.pop("config"), _as_overrides(settings.pop("set", {})))
+    config = load_config(settings.pop("config"), [f"{k}={json.dumps(v)}" for k, v in settings.pop("set", {}).items()])
     config.update(source=run.outputs["world"]["images"], out=str(run.folder("segmentation")), seed=run.config.get("seed", 0))
     checkpoint = train_segmentation(config)
     quality = json.loads((checkpoint.parent / "quality.json").read_text())
@@ -140,8 +126,40 @@ def _train_vae(run: Run, stage: str, kind: str, data: dict[str, Any]) -> Outputs
     return {"checkpoint": callback.best_model_path or callback.last_model_path, "last": callback.last_model_path}
 
 
-def _as_overrides(values: dict[str, Any]) -> list[str]:
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+def _alignment(run: Run) -> Outputs:
+    """Fine-tune the image VAE onto the frozen RNA space, then walk the presets (`wbcvae align`)."""
+    from wbcvae.alignment.run import AlignConfig, fit_alignment
+    from wbcvae.pipeline_report import save_sections
+
+    settings = run.section("alignment")
+    config = AlignConfig.from_yaml(
+        settings.pop("config"),
+        image_ckpt=run.outputs["image_vae"]["checkpoint"],
+        rna_ckpt=run.outputs["rna_vae"]["checkpoint"],
+        features=run.outputs["features"]["store"],
+        rna=run.outputs["world"]["rna"],
+        out=str(run.folder("alignment")),
+        seed=run.config.get("seed", 0),
+        wandb=False,
+        **settings,
+    )
+    result = fit_alignment(config)
+    return {
+        "run_dir": str(result.run_dir),
+        "checkpoint": str(result.checkpoint),
+        "metrics": to_jsonable(result.metrics),
+        "sections": save_sections(result.sections, run.folder("alignment") / "sections"),
+    }
+
+
+def _report(run: Run) -> Outputs:
+    """One page: what each stage made, with the figures people look at first."""
+    from wbcvae.pipeline_report import pipeline_sections
+
+    sections, metrics = pipeline_sections(run.outputs)
+    folder = run.folder("report")
+    write_report(folder, sections, metrics, title="wbcvae pipeline report")
+    return {"folder": str(folder)}
 
 
 STAGES: tuple[tuple[str, Callable[[Run], Outputs]], ...] = (
@@ -150,5 +168,7 @@ STAGES: tuple[tuple[str, Callable[[Run], Outputs]], ...] = (
     ("features", _features),
     ("image_vae", _image_vae),
     ("rna_vae", _rna_vae),
+    ("alignment", _alignment),
+    ("report", _report),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)

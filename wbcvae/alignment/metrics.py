@@ -57,7 +57,9 @@ def modality_mixing(
 ) -> tuple[float, float]:
     """(kNN modality entropy in [0, 1], modality silhouette in [−1, 1]) for the cells of one class.
 
-    The larger modality is subsampled to the smaller's size so that chance mixing gives entropy ≈ 1.
+    The larger modality is subsampled to the smaller's size n so that chance mixing gives entropy ≈ 1,
+    and k is at most n − 1: with more neighbours than a modality has other cells, every cell would
+    have to count the other modality and even fully separated modalities would look mixed.
     Returns NaNs when a modality has fewer than 2 cells.
     """
     n = min(len(image_latent), len(rna_latent))
@@ -68,7 +70,7 @@ def modality_mixing(
         [image_latent[rng.choice(len(image_latent), n, replace=False)], rna_latent[rng.choice(len(rna_latent), n, replace=False)]]
     )
     modality = np.repeat([0, 1], n)
-    k = min(k, 2 * n - 1)
+    k = min(k, n - 1)
     _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(pooled).kneighbors(pooled)
     share = modality[neighbours[:, 1:]].mean(1)  # fraction of RNA among each cell's neighbours
     entropy = -(_xlogx(share) + _xlogx(1 - share)) / np.log(2)

@@ -13,7 +13,7 @@ import sys
 
 from wbcvae.errors import InputError
 
-COMMANDS = ("data",)
+COMMANDS = ("data", "segment", "features", "train", "embed", "align", "trajectory", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:

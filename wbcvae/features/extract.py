@@ -63,24 +63,24 @@ class FeatureExtractor:
         model_boxes = [f["boxes"].clone() for f in found]  # postprocess rescales in place
         found = model.transform.postprocess(found, batch.image_sizes, sizes)
 
-        boxes, masks, scores, origins = [], [], [], []
+        device = images.device
+        boxes, masks, scores, origins = [], [], [], []  # boxes in model pixels on `device`; masks on the CPU
         for i, (image, hit) in enumerate(zip(images, found)):
             pick = central_detection(hit["boxes"], hit["scores"], sizes[i], self.min_score)
             if pick is not None:
                 boxes.append(model_boxes[i][pick])
-                masks.append(hit["masks"][pick, 0] > 0.5)
+                masks.append(hit["masks"][pick, 0].cpu() > 0.5)
                 scores.append(float(hit["scores"][pick]))
                 origins.append(DETECTION)
                 continue
             box, mask, origin = self._fallback(image)
-            boxes.append(resize_boxes(box[None], sizes[i], batch.image_sizes[i])[0])
+            boxes.append(resize_boxes(box[None], sizes[i], batch.image_sizes[i])[0].to(device))
             masks.append(mask)
             scores.append(0.0)
             origins.append(origin)
 
-        device = images.device
-        features = model.roi_heads.mask_roi_pool(pyramid, [b[None].to(device) for b in boxes], batch.image_sizes)
-        crop_boxes = [resize_boxes(b[None], batch.image_sizes[i], sizes[i])[0] for i, b in enumerate(boxes)]
+        features = model.roi_heads.mask_roi_pool(pyramid, [b[None] for b in boxes], batch.image_sizes)
+        crop_boxes = [resize_boxes(b[None], batch.image_sizes[i], sizes[i])[0].cpu() for i, b in enumerate(boxes)]
         size = (self.target_size, self.target_size)
         stacked = torch.stack(masks).to(device)[:, None].float()
         return {
@@ -88,7 +88,7 @@ class FeatureExtractor:
             "mask": (F.interpolate(stacked, size=size, mode="bilinear", antialias=True) > 0.5).to(torch.uint8),
             "target": F.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(0, 1),
             "score": torch.tensor(scores),
-            "box": torch.stack(crop_boxes).cpu(),
+            "box": torch.stack(crop_boxes),
             "origin": torch.tensor(origins, dtype=torch.uint8),
         }
 
@@ -141,16 +141,17 @@ def extract_features(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     manifest = read_manifest(source, unknown=unknown)
+    frame = manifest.frame.reset_index(drop=True)  # store row = manifest row = dataset position
     module = load_maskrcnn(checkpoint)
     input_size = int(module.hparams.input_size)
     fingerprint = {
         "checkpoint_sha256": file_sha256(checkpoint),
-        "manifest_sha256": _manifest_hash(manifest.frame),
+        "manifest_sha256": _manifest_hash(frame),
         "input_size": input_size,
         "min_score": min_score,
         "target_size": TARGET_SIZE,
     }
-    store = _open_store(Path(store_dir), manifest.frame, fingerprint, overwrite, provenance={
+    store = _open_store(Path(store_dir), frame, fingerprint, overwrite, provenance={
         "fingerprint": fingerprint,
         "checkpoint": str(Path(checkpoint).resolve()),
         "model": dict(module.hparams),
@@ -166,7 +167,7 @@ def extract_features(
 
     target = resolve_device(device)
     extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size)
-    crops = CropDataset(manifest.frame, input_size)
+    crops = CropDataset(frame, input_size)
     loader = DataLoader(crops, batch_sampler=ChunkSampler(missing, batch_size), num_workers=num_workers)
     started = time.perf_counter()
     with tqdm(total=len(store), initial=len(store) - len(missing), desc="features", unit="crop", disable=not progress) as bar:

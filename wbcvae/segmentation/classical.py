@@ -64,13 +64,16 @@ class StainSegmenter:
     or multiples of the nucleus radius, so one setting works at 128 px and at 360 px.
 
     nucleus_join: closing radius (fraction of the side) that joins the lobes of one segmented nucleus.
+    lobe_reach: dark pieces within this many nucleus radii of the central nucleus join it; pieces
+        farther away are other cells' nuclei and keep the cell from spreading over them.
     min_nucleus_area: specks below this fraction of the crop area are ignored (platelets, granules).
     red_cell_gap: centres of stained blobs farther than this many nucleus radii from the nucleus
         seed red cells, which compete with the white cell for the stained pixels between them.
     max_cytoplasm: the cell reaches at most this many nucleus radii beyond the nucleus.
     """
 
-    nucleus_join: float = 0.05
+    nucleus_join: float = 0.03
+    lobe_reach: float = 0.75
     min_nucleus_area: float = 0.003
     red_cell_gap: float = 0.3
     max_cytoplasm: float = 1.5
@@ -83,28 +86,33 @@ class StainSegmenter:
             raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
         side = min(image.shape[:2])
         density = filters.gaussian(optical_density(image), sigma=max(self.smoothing * side, 0.5), channel_axis=-1)
-        nucleus = self._nucleus(density[..., 0], side)
+        nucleus, other_nuclei = self._nuclei(density[..., 0], side)
         if not nucleus.any():
-            empty = np.zeros(image.shape[:2], dtype=bool)
-            return StainMasks(cell=empty, nucleus=empty)
-        cell = self._cell(density.sum(axis=-1), nucleus, side)
+            return StainMasks(cell=nucleus, nucleus=nucleus)
+        cell = self._cell(density.sum(axis=-1), nucleus, other_nuclei, side)
         return StainMasks(cell=cell | nucleus, nucleus=nucleus)
 
-    def _nucleus(self, red_density: np.ndarray, side: int) -> np.ndarray:
+    def _nuclei(self, red_density: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The central nucleus and every other one (neighbouring white cells), as boolean masks."""
         # Red absorbance: purple nuclei absorb red strongly; red cells, eosinophil granules and
         # pale cytoplasm hardly do.
         if np.ptp(red_density) < 1e-6:
-            return np.zeros(red_density.shape, dtype=bool)
+            nothing = np.zeros(red_density.shape, dtype=bool)
+            return nothing, nothing
         dark = _drop_specks(red_density > _thresholds(red_density)[-1], self.min_nucleus_area * red_density.size)
-        if not dark.any():
-            return dark
         joined = morphology.closing(dark, morphology.disk(max(1, round(self.nucleus_join * side))))
         centre = ((red_density.shape[0] - 1) / 2, (red_density.shape[1] - 1) / 2)
-        return ndi.binary_fill_holes(dark & nearest_component(joined, centre))
+        central = dark & nearest_component(joined, centre)
+        # Lobes a little farther apart still belong to it; nuclei beyond are other cells'.
+        reach = ndi.distance_transform_edt(~central) <= self.lobe_reach * np.sqrt(central.sum() / np.pi)
+        pieces = measure.label(dark)
+        nucleus = np.isin(pieces, np.unique(pieces[reach & dark])) & dark
+        return ndi.binary_fill_holes(nucleus), dark & ~nucleus
 
-    def _cell(self, total_density: np.ndarray, nucleus: np.ndarray, side: int) -> np.ndarray:
-        # Touching round blobs (the cell, red cells) split at their necks: a watershed on the
-        # distance to the unstained background, seeded by the nucleus and by the red cells' centres.
+    def _cell(self, total_density: np.ndarray, nucleus: np.ndarray, other_nuclei: np.ndarray, side: int) -> np.ndarray:
+        # Touching round blobs (the cell, red cells, other white cells) split at their necks: a
+        # watershed on the distance to the unstained background, seeded by the nucleus and by the
+        # centres of red cells and nuclei of other white cells.
         stained = ndi.binary_fill_holes(total_density > _thresholds(total_density)[0])
         hull = morphology.convex_hull_image(nucleus)
         radius = np.sqrt(hull.sum() / np.pi)
@@ -113,10 +121,11 @@ class StainSegmenter:
         centres = feature.peak_local_max(
             depth, min_distance=max(2, round(0.03 * side)), labels=measure.label(stained), exclude_border=False
         )
-        markers = np.where(stained, 0, 2).astype(np.int32)
         far = from_nucleus[centres[:, 0], centres[:, 1]] > self.red_cell_gap * radius
-        markers[centres[far, 0], centres[far, 1]] = 3
-        markers = morphology.dilation(markers, morphology.disk(1))
+        red_seeds = np.zeros_like(stained)
+        red_seeds[centres[far, 0], centres[far, 1]] = True
+        markers = np.where(stained, 0, 2).astype(np.int32)
+        markers[(morphology.dilation(red_seeds, morphology.disk(1)) & stained) | other_nuclei] = 3
         markers[hull] = 1
         cell = segmentation.watershed(-depth, markers) == 1
         cell &= from_nucleus <= self.max_cytoplasm * radius

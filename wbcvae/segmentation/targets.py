@@ -115,7 +115,6 @@ class SegmentationDataModule(SplitDataModule):
         fractions: tuple[float, float, float] = (0.8, 0.2, 0.0),
         seed: int = 0,
         unknown: str = "skip",
-        limit: int | None = None,
     ):
         super().__init__()
         if targets not in TARGET_KINDS:
@@ -130,8 +129,6 @@ class SegmentationDataModule(SplitDataModule):
             return
         hp = self.hparams
         frame = read_manifest(hp.source, unknown=hp.unknown).frame
-        if hp.limit is not None:  # a quick look: a seeded random subset
-            frame = frame.sample(n=min(hp.limit, len(frame)), random_state=hp.seed).sort_index()
         crops = CropDataset(frame, hp.input_size)
         if hp.targets == "true" and not crops.has_masks:
             raise InputError(f"{hp.source}: targets 'true' asked for, but this source has no masks")

@@ -26,41 +26,14 @@ import yaml
 
 from wbcvae.errors import InputError
 from wbcvae.utils.atomic import atomic_path
+from wbcvae.utils.config import load_yaml_config
 
 SECTIONS = ("model", "data", "trainer", "logger")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:
     """The YAML at `path` with `section.key=value` overrides applied (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: a config must be a mapping of sections")
-    apply_overrides(config, overrides)
-    unknown = set(config) - set(SECTIONS) - {"source", "out", "seed"}
-    if unknown:
-        raise InputError(f"{path}: unknown config key {sorted(unknown)[0]!r} (known: source, out, seed, {', '.join(SECTIONS)})")
-    return config
-
-
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> None:
-    """Set each `a.b.c=value` in the nested `config` in place; values are parsed as YAML."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set {item!r}: expected section.key=value")
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InputError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+    return load_yaml_config(path, overrides, known=("source", "out", "seed", *SECTIONS))
 
 
 def _build(kind: type, arguments: dict[str, Any], section: str) -> Any:

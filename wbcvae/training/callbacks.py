@@ -23,14 +23,19 @@ from wbcvae.training.metrics import leave_one_out_knn_accuracy
 from wbcvae.vocabulary import CLASSES
 
 
+def new_figure(width: float, height: float):
+    """A matplotlib `Figure` made without pyplot: no GUI backend is touched (cluster nodes, notebooks)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
 def figure_to_array(fig) -> np.ndarray:
-    """A matplotlib figure as an H×W×3 uint8 array, then closed."""
-    import matplotlib.pyplot as plt
+    """A matplotlib figure as an H×W×3 uint8 array."""
     from PIL import Image
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
@@ -105,8 +110,9 @@ class LatentKnnAccuracy(LatentCollector):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.due(trainer):
             return
-        mu, labels = self.gathered(pl_module)  # every rank gets the same arrays, so the value agrees
-        pl_module.log(f"val/knn{self.k}_acc", leave_one_out_knn_accuracy(mu, labels, self.k), sync_dist=False)
+        mu, labels = self.gathered(pl_module)
+        # Every rank gathered the same cells, so the value agrees; sync_dist averages equal numbers.
+        pl_module.log(f"val/knn{self.k}_acc", leave_one_out_knn_accuracy(mu, labels, self.k), sync_dist=True)
 
 
 class LatentMap(LatentCollector):
@@ -139,17 +145,15 @@ class LatentMap(LatentCollector):
         return centred @ components[:2].T, "PCA"
 
     def draw(self, mu: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
 
         if len(mu) > self.max_cells:
             keep = np.random.default_rng(self.seed).choice(len(mu), self.max_cells, replace=False)
             mu, labels = mu[keep], labels[keep]
         xy, method = self.project(mu)
-        fig, ax = plt.subplots(figsize=(6, 5))
-        palette = plt.get_cmap("tab20")  # one fixed colour per class, the same in every run
+        fig = new_figure(6, 5)
+        ax = fig.subplots()
+        palette = colormaps["tab20"]  # one fixed colour per class, the same in every run
         for label in np.unique(labels):
             known = 0 <= label < len(CLASSES)
             at = labels == label
@@ -225,18 +229,14 @@ class GeneSetReconstruction(ValidationDashboard):
         mse = {"all": float(per_gene.mean())}
         mse.update({name: float(per_gene[columns].mean()) for name, columns in self.columns.items()})
         for name, value in mse.items():
-            pl_module.log(f"val/recon_mse/{name}", value, sync_dist=False)
+            pl_module.log(f"val/recon_mse/{name}", value, sync_dist=True)
         if trainer.is_global_zero:
             self.publish(trainer, "reconstruction/gene_sets", self.draw(mse), caption="validation MSE per gene set")
 
     @staticmethod
     def draw(mse: dict[str, float]) -> np.ndarray:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(1 + 0.6 * len(mse), 3.5))
+        fig = new_figure(1 + 0.6 * len(mse), 3.5)
+        ax = fig.subplots()
         ax.bar(list(mse), list(mse.values()), color="#4c72b0")
         ax.set(ylabel="reconstruction MSE", title="per gene set (validation)")
         ax.tick_params(axis="x", rotation=45)

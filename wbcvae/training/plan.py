@@ -116,7 +116,8 @@ class VAEPlan(L.LightningModule):
 
 
 def data_provenance(datamodule: L.LightningDataModule | None) -> dict:
-    """The DataModule's class and init arguments, plus its own `provenance()` when it offers one."""
+    """The DataModule's class, init arguments and source, plus a feature store's provenance (which
+    Mask R-CNN checkpoint, which crops) when it reads one."""
     if datamodule is None:
         return {}
     record = {
@@ -126,8 +127,9 @@ def data_provenance(datamodule: L.LightningDataModule | None) -> dict:
     source = getattr(datamodule, "source", None)
     if isinstance(source, (str, os.PathLike)):
         record["source"] = str(Path(source).resolve())
-    if callable(getattr(datamodule, "provenance", None)):
-        record["provenance"] = datamodule.provenance()
+    store = getattr(datamodule, "store", None)  # a FeatureDataModule: the extraction's own provenance
+    if isinstance(getattr(store, "provenance", None), dict):
+        record["store"] = _plain(store.provenance)
     return record
 
 
