@@ -35,17 +35,42 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
+# Stand-alone stages share the demo's world and folders; CONFIG=… and ARGS="…" override.
+WORLD := $(DEMO_DIR)/world
+latest = $$(ls -td $(1)/version_*/checkpoints/last.ckpt 2>/dev/null | head -1)
+
 demo: setup
-	$(WBCVAE) data synth $(DEMO_DIR)/world --cells-per-class 24 --rna-cells 1500 --seed 0 --overwrite
-	$(WBCVAE) data summary $(DEMO_DIR)/world
 	@if [ -d $(SHARED_DATA)/pbc_sample ]; then $(WBCVAE) data summary $(SHARED_DATA)/pbc_sample; \
 	 else echo "skipping pbc_sample summary: $(SHARED_DATA)/pbc_sample not found"; fi
 	@if [ -d $(SHARED_DATA)/vangalen2019 ]; then $(WBCVAE) data summary $(SHARED_DATA)/vangalen2019; \
 	 else echo "skipping van Galen summary: $(SHARED_DATA)/vangalen2019 not found"; fi
-	$(WBCVAE) data montage $(DEMO_DIR)/world --real $(SHARED_DATA)/pbc_sample --out $(DEMO_DIR)/montage.png
+	$(WBCVAE) pipeline --config experiments/pipeline/demo.yaml --out $(DEMO_DIR) $(ARGS)
 
-segment features align trajectory bench train-image train-rna:
-	@echo "make $@: not implemented yet (see the open issues); nothing was run." >&2; exit 1
+$(WORLD)/manifest.csv: | setup
+	$(WBCVAE) data synth $(WORLD) --cells-per-class 24 --rna-cells 1500 --seed 0
+
+segment: setup $(WORLD)/manifest.csv
+	$(WBCVAE) segment train --config $(or $(CONFIG),experiments/segmentation/cpu.yaml) $(ARGS)
+
+features: setup $(WORLD)/manifest.csv
+	$(WBCVAE) features $(WORLD) --checkpoint runs/segment/maskrcnn.ckpt --store runs/features/world $(ARGS)
+
+train-image: setup
+	$(WBCVAE) train image --config $(or $(CONFIG),experiments/image_vae/laptop.yaml) $(ARGS)
+
+train-rna: setup $(WORLD)/manifest.csv
+	$(WBCVAE) train rna --config $(or $(CONFIG),experiments/rna_vae/laptop.yaml) $(ARGS)
+
+align: setup
+	$(WBCVAE) align --config $(or $(CONFIG),experiments/alignment/synthetic.yaml) \
+	  --image-ckpt "$(call latest,runs/image_vae)" --rna-ckpt "$(call latest,runs/rna_vae)" $(ARGS)
+
+trajectory: setup
+	$(WBCVAE) trajectory --ckpt "$(call latest,runs/alignment)" --truth $(WORLD) $(ARGS)
+
+bench: setup
+	$(PY) bench/bench_features.py $(ARGS)
+	$(PY) bench/bench_training.py $(ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from threadpoolctl import threadpool_limits
 
 # One BLAS thread: tiny test matrices gain nothing from more, and on a loaded 2-core machine an
 # oversubscribed eigendecomposition is ~100x slower (300x300: 2.2 s with 2 threads, 0.03 s with 1).
 threadpool_limits(1, user_api="blas")
+# Likewise one torch thread: on a shared 2-core box a Mask R-CNN step took 18 s with two threads, 2.9 s with one.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # IoU floors. A disc segmented with its radius 10% off scores 1/1.21 = 0.83; 0.75 allows ~15% and
 # still fails anything that segments the wrong object (a neighbouring red cell scores 0) or returns
-# a box-shaped blob around the centre. The classical segmenter measures ~0.90 for cell and nucleus
-# on the synthetic world (bench/segmentation_quality.py).
+# a box-shaped blob around the centre. The classical segmenter measures ~0.95 (cell) and ~0.89
+# (nucleus) on the synthetic world (bench/segmentation_quality.py).
 CLASSICAL_FLOOR = 0.75
 # Mask R-CNN from random init: after 80 CPU steps it measures ~0.9 (slow test); the fast test's 8
 # steps (~0.6 measured) only have to show learning has begun: a random model detects nothing and scores 0.

@@ -35,7 +35,7 @@ class TrajectorySettings:
     steps: int = 100
     samples: int = 16  # posterior paths decoded for the uncertainty
     k: int = 4  # k-Shape clusters
-    flat_fraction: float = 0.1
+    flat_fraction: float = 0.25
     fit_iters: int = 100
     seed: int = 0
 
