@@ -29,13 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARRAYS = ("features", "mask", "target", "score", "box", "origin", "done")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:

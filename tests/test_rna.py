@@ -61,15 +61,6 @@ def _atlas_anndata(counts: np.ndarray | None = None, embedding_dim: int = 50, se
     return adata
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """Small matrices on a shared 2-core machine: BLAS threads only fight each other."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
-
-
 @pytest.fixture(scope="module")
 def atlas_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("atlas") / "atlas.h5ad"

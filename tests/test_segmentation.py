@@ -35,14 +35,6 @@ MASKRCNN_FLOOR = 0.75
 MASKRCNN_FAST_FLOOR = 0.3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two fighting other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
