@@ -26,14 +26,6 @@ LATENT = 6
 PAIR_CLASSES = ("myeloblast", "monocyte", "neutrophil_segmented")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: threads only fight
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the loss ---------------------------------------------------------------------------------------
 
 
@@ -184,7 +176,6 @@ class _AlignHistory(L.Callback):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny joint model fine-tuned for a few epochs; its folder holds the checkpoint."""
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("align")
     L.seed_everything(0)  # the loader's shuffle draws from the global RNG: same run whatever ran before
     image, rna = tiny_plans()
@@ -259,3 +250,88 @@ def test_ddp_ranks_with_different_classes_neither_hang_nor_nan(tmp_path):
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(" ok ") == 2, done.stdout  # both ranks finished (their lines may interleave)
+
+
+# --- `wbcvae align` at toy size --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_sources(tmp_path_factory):
+    """A 30-row feature store (the real format) and a 120-cell RNA .h5ad with synthetic-world truth."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from wbcvae.features.store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("toy_sources")
+    classes = np.array(["myeloblast", "monocyte", "neutrophil_banded", "neutrophil_segmented", "promyelocyte"])
+    n = 30
+    labels = classes[np.arange(n) % len(classes)]
+    meta = pd.DataFrame({"path": [f"/crops/{i}.png" for i in range(n)], "label": labels, "patient": "", "source_label": labels, "mask_path": ""})
+    store = FeatureStore.create(folder / "store", meta, provenance={"source": "test"})
+    offsets = (np.arange(n) % len(classes))[:, None, None, None]
+    store.write(np.arange(n), {
+        "features": (rng.normal(size=(n, 256, 14, 14)) + offsets).astype(np.float16),
+        "mask": np.ones((n, 1, 128, 128), np.uint8),
+        "target": rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8),
+        "score": np.ones(n, np.float32), "box": np.zeros((n, 4), np.float32), "origin": np.zeros(n, np.uint8),
+    })  # fmt: skip
+    m = 120
+    kinds = np.arange(m) % len(classes)
+    means = rng.gamma(1.0, 2.0, size=(len(classes), 60))
+    counts = rng.poisson(means[kinds] * rng.uniform(0.5, 1.5, size=(m, 1))).astype(np.int32)
+    obs = pd.DataFrame(
+        {"cell_type": classes[kinds], "lineage": np.where(classes[kinds] == "monocyte", "monocytic", "granulocytic"),
+         "pseudotime": rng.uniform(0, 1, m)},
+        index=[f"cell{i}" for i in range(m)],
+    )  # fmt: skip
+    kinetics = np.array(["up", "down", "transient", "flat"])[np.arange(60) % 4]
+    var = pd.DataFrame({"kinetic_granulocytic": kinetics, "kinetic_monocytic": kinetics}, index=[f"G{i:03d}" for i in range(60)])
+    ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var).write_h5ad(folder / "rna.h5ad")
+    return folder / "store", folder / "rna.h5ad"
+
+
+@pytest.mark.slow
+def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sources, tmp_path, monkeypatch, capsys):
+    import json
+
+    import wbcvae.cli.main as cli_main
+    from wbcvae.features.datamodule import FeatureDataModule
+    from wbcvae.training.cli import run_cli
+
+    store, rna = toy_sources
+    L.seed_everything(0)
+    image_trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    image_trainer.fit(ImageVAEPlan(), FeatureDataModule(store, batch_size=8))
+    image_trainer.save_checkpoint(tmp_path / "image.ckpt")
+    rna_cli = run_cli("rna", [
+        "--data", "wbcvae.data.rna_datamodule.RnaDataModule", "--data.source", str(rna), "--data.n_top_genes", "40",
+        "--data.atlas", "pca", "--data.batch_size", "16", "--model.hidden", "[32, 16]", "--wandb", "false",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "rna"), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    config = tmp_path / "align.yaml"
+    config.write_text(
+        f"features: {store}\nrna: {rna}\nbatch_size: 8\nmax_epochs: 2\naccelerator: cpu\n"
+        "trajectory: {steps: 12, samples: 2, k: 2, fit_iters: 20}\n"
+    )
+    monkeypatch.setattr(cli_main, "COMMANDS", ("align",))
+    args = ["align", "--config", str(config), "--image-ckpt", str(tmp_path / "image.ckpt"), "--no-wandb",
+            "--rna-ckpt", rna_cli.trainer.checkpoint_callback.last_model_path, "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert cli_main.main(args) == 0
+    run = tmp_path / "runs" / "alignment" / "version_0"
+    assert f"report: {run / 'report' / 'index.html'}" in capsys.readouterr().out
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert set(metrics["alignment"]) >= {"nearest_centroid_accuracy", "centroid_distance_ratio", "mixing_entropy"}
+    # Ground truth was found in the RNA source: the granulocytic path is scored on it.
+    assert -1 <= metrics["trajectory/granulopoiesis"]["pseudotime_spearman"] <= 1
+    assert "ari_shapes" in metrics["trajectory/granulopoiesis"]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "joint_latent.png").is_file()
+    assert (run / "trajectories" / "monocytopoiesis" / "strip.png").is_file()
+    assert load_alignment(run / "checkpoints" / "last.ckpt").gene_names[:1] != ["gene0"]  # names from the RNA run
+    # A typo in the config is one line naming the key, exit 2, and no new run folder.
+    config.write_text(config.read_text() + "deltaa: 3\n")
+    assert cli_main.main(args) == 2
+    assert "'deltaa'" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs" / "alignment").iterdir()) == ["version_0"]

@@ -23,6 +23,23 @@ def test_image_vae_paper_shapes():
     assert set(vae(h)) == {"mu", "logvar", "z", "h_hat", "image_hat"}
 
 
+def test_image_vae_works_in_standardised_feature_units():
+    torch.manual_seed(0)
+    plain = ImageVAE(in_channels=8, feature_size=4, image_size=32, hidden_channels=8, latent_dim=4)
+    scaled = ImageVAE(in_channels=8, feature_size=4, image_size=32, hidden_channels=8, latent_dim=4)
+    scaled.load_state_dict(plain.state_dict())
+    mean, std = torch.linspace(-6, 6, 8), torch.linspace(0.5, 4, 8)
+    scaled.set_feature_statistics(mean, std)
+    x = torch.randn(3, 8, 4, 4)
+    h = x * std.view(-1, 1, 1) + mean.view(-1, 1, 1)  # the same cells in the features' own units
+    assert torch.allclose(scaled.encode(h)[0], plain.encode(x)[0], atol=1e-5)
+    z = torch.randn(3, 4)
+    (h_plain, image_plain), (h_scaled, image_scaled) = plain.decode(z), scaled.decode(z)
+    assert torch.allclose(h_scaled, h_plain * std.view(-1, 1, 1) + mean.view(-1, 1, 1), atol=1e-5)
+    assert torch.allclose(image_scaled, image_plain)
+    assert "feature_mean" in scaled.state_dict()  # travels with the weights
+
+
 def test_image_vae_refuses_sizes_it_cannot_decode():
     with pytest.raises(ValueError, match="image_size"):
         ImageVAE(feature_size=14, image_size=64)  # 64/8 = 8 < 14: the image head cannot shrink

@@ -271,8 +271,15 @@ def test_image_plan_on_feature_store_then_embed(feature_store, tmp_path):
     plan = ImageVAEPlan()  # the study's shapes: 256×14×14 → 50 → 3×128×128
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
-    trainer.fit(plan, FeatureDataModule(feature_store, batch_size=8))
+    data = FeatureDataModule(feature_store, batch_size=8)
+    trainer.fit(plan, data)
     assert trainer.global_step == 2
+    # The VAE standardises features with per-channel statistics of the training split (all of it here).
+    train_rows = np.sort(data.datasets["train"].rows)
+    train_features = np.load(feature_store / "features.npy")[train_rows].astype(np.float64)
+    assert plan.statistics_cells == len(train_rows)
+    assert np.allclose(plan.vae.feature_mean.flatten(), train_features.mean(axis=(0, 2, 3)), atol=1e-4)
+    assert np.allclose(plan.vae.feature_std.flatten(), train_features.std(axis=(0, 2, 3)), atol=1e-4)
 
     from wbcvae.training.embed import embed
 

@@ -28,14 +28,6 @@ DIM = 8
 FAST = dict(fit_iters=30)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clusters_along_a_curve(stages, per_class=30, noise=0.1, seed=0):
     """Cells of each stage around a point of a bent 1-D curve in DIM dimensions, with their pseudotime."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ reused (no stale values). A pair absent from the batch contributes nothing; a pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +47,6 @@ class Correspondence:
                 raise InputError(f"correspondence for {image_class!r} lists no RNA labels")
             pairs.append((image_class, tuple(str(label) for label in labels)))
         return cls(tuple(pairs))
-
-    @classmethod
-    def identity(cls, classes: Iterable[str]) -> Correspondence:
-        """Each class aligned to the RNA cells of the same canonical class."""
-        return cls.from_mapping({c: [c] for c in classes})
 
     @property
     def image_classes(self) -> tuple[str, ...]:

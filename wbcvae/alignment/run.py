@@ -14,15 +14,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import lightning as L
 import numpy as np
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from wbcvae.alignment.metrics import save_joint_latent_plot
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents, RnaCells
+from wbcvae.data.rna import read_rna
 from wbcvae.errors import InputError
-from wbcvae.report.html import Section, to_jsonable, write_report
+from wbcvae.features.datamodule import FeatureDataModule
+from wbcvae.report.html import Section, to_jsonable, write_csv, write_report
+from wbcvae.trajectory.callback import TrajectoryCallback
+from wbcvae.trajectory.recovery import GroundTruth
+from wbcvae.trajectory.run import TrajectorySettings, report_section
+from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
+from wbcvae.training.loggers import build_loggers
 from wbcvae.utils.atomic import atomic_path
 
 RUN_VERSION_ENV = "WBCVAE_ALIGN_RUN_VERSION"
@@ -37,10 +46,10 @@ class AlignConfig:
     features: str = ""  # feature store of the images (`wbcvae features`)
     rna: str = ""  # RNA source (.h5ad, synthetic world, van Galen folder)
     correspondence: dict[str, list[str]] | None = None  # image class → RNA labels; None: same class
-    delta: float = 1.0
+    delta: float = 10.0
     cov_weight: float = 1.0
     min_cells_for_cov: int = 2
-    lr: float = 1e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 64
     max_epochs: int = 10
@@ -72,6 +81,10 @@ class AlignConfig:
         if unknown:
             raise InputError(f"unknown alignment setting {unknown[0]!r}; known: {sorted(known)}")
         config = cls(**values)
+        settings = {f.name for f in fields(TrajectorySettings)}
+        wrong = sorted(set(config.trajectory) - settings)
+        if wrong:
+            raise InputError(f"unknown trajectory setting {wrong[0]!r}; known: {sorted(settings)}")
         for name in ("image_ckpt", "rna_ckpt", "features", "rna"):
             if not getattr(config, name):
                 raise InputError(f"alignment setting {name!r} is required (in the YAML or as --{name.replace('_', '-')})")
@@ -90,14 +103,12 @@ class AlignmentRun:
     sections: list[Section] = field(default_factory=list)
 
 
-def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModule, Any]:
+def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModule, ad.AnnData]:
     """Load both plans, encode the whole RNA set once with the frozen RNA encoder, build the module.
 
     Returns the module and the RNA AnnData written to `run_dir/rna_latent.h5ad` (its obs are needed
     for ground truth on the synthetic world).
     """
-    from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
-
     image_plan, image_record = load_plan(config.image_ckpt)
     rna_plan, rna_record = load_plan(config.rna_ckpt)
     if image_record["kind"] != "image" or rna_record["kind"] != "rna":
@@ -126,23 +137,23 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
     return module, rna
 
 
-def fit_alignment(config: AlignConfig) -> AlignmentRun:
-    """Fine-tune, measure, walk the presets and write the run folder with its report."""
-    from wbcvae.features.datamodule import FeatureDataModule
-    from wbcvae.trajectory.callback import TrajectoryCallback
-    from wbcvae.trajectory.run import TrajectorySettings
-    from wbcvae.training.loggers import build_loggers
+def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = None) -> AlignmentRun:
+    """Fine-tune, measure, walk the presets and write the run folder with its report.
 
+    `ckpt_path` (a `last.ckpt` of an earlier run with the same config) continues that run.
+    """
     L.seed_everything(config.seed, workers=True)
     version = _shared_version(config)
     loggers = build_loggers(config.out, config.run_name, wandb=config.wandb, project=config.wandb_project, version=version)
+    loggers[0].experiment  # creates the run folder (rank zero) before we write into it
     run_dir = Path(loggers[0].log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     module, rna = build_module(config, run_dir)
     truth = _ground_truth(config, module, rna)
-    trajectories = TrajectoryCallback(config.trajectories, TrajectorySettings(**config.trajectory), truth, run_dir / "trajectories")
+    settings = TrajectorySettings(**config.trajectory)
+    trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
@@ -153,7 +164,8 @@ def fit_alignment(config: AlignConfig) -> AlignmentRun:
         callbacks=[checkpoint, trajectories],
         default_root_dir=config.out,
     )
-    trainer.fit(module, datamodule=FeatureDataModule(config.features, batch_size=config.batch_size, seed=config.seed))
+    data = FeatureDataModule(config.features, batch_size=config.batch_size, seed=config.seed)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     last = Path(checkpoint.last_model_path)
     if not trainer.is_global_zero:
         return AlignmentRun(module, run_dir, last, {}, run_dir / "report" / "index.html")
@@ -169,27 +181,22 @@ def _shared_version(config: AlignConfig) -> int:
     they would each pick the next free `version_N`. The first process picks it and leaves it in the
     environment, which the copies inherit.
     """
-    from lightning.pytorch.loggers import CSVLogger
-
     if RUN_VERSION_ENV not in os.environ or "LOCAL_RANK" not in os.environ:
         os.environ[RUN_VERSION_ENV] = str(CSVLogger(config.out, config.run_name).version)
     return int(os.environ[RUN_VERSION_ENV])
 
 
-def _ground_truth(config: AlignConfig, module: JointAlignmentModule, rna) -> Any:
+def _ground_truth(config: AlignConfig, module: JointAlignmentModule, rna: ad.AnnData) -> GroundTruth | None:
     """The synthetic world's truth (cells' lineage and pseudotime, genes' kinetics), else None."""
-    from wbcvae.data.rna import read_rna
-    from wbcvae.trajectory.recovery import GroundTruth
-
     if "pseudotime" not in rna.obs:
         return None
     return GroundTruth.from_anndata(module.rna_latent.cpu().numpy(), rna.obs, read_rna(config.rna).var)
 
 
-def _alignment_outputs(module: JointAlignmentModule, run_dir: Path, trajectories) -> tuple[dict, list[Section]]:
+def _alignment_outputs(
+    module: JointAlignmentModule, run_dir: Path, trajectories: TrajectoryCallback
+) -> tuple[dict, list[Section]]:
     """Write the alignment metrics and the joint latent figure; collect the report's sections."""
-    from wbcvae.trajectory.run import report_section
-
     metrics: dict[str, Any] = {"alignment": dict(module.last_metrics), "pairs_without_rna": module.pairs_without_rna}
     table = module.last_metrics_table
     with atomic_path(run_dir / "alignment_metrics.json") as tmp:
@@ -200,7 +207,7 @@ def _alignment_outputs(module: JointAlignmentModule, run_dir: Path, trajectories
         figures.append(save_joint_latent_plot(cells.latent, cells.classes, cells.modality, run_dir / "joint_latent.png"))
     tables = {}
     if table is not None:
-        table.to_csv(run_dir / "alignment_per_class.csv", index=False)
+        write_csv(table, run_dir / "alignment_per_class.csv")
         tables["alignment per class"] = table
     text = (
         "Image latents (validation split, fine-tuned encoder) against the frozen RNA latents, per aligned class. "

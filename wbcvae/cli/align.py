@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     align.add_argument("--out", help="root folder of runs (default runs/)")
     align.add_argument("--run-name")
     align.add_argument("--no-wandb", action="store_true", help="CSV logging only")
+    align.add_argument("--ckpt-path", type=Path, default=None, help="last.ckpt of a killed run to continue")
     align.set_defaults(run=_align)
 
 
@@ -51,7 +52,7 @@ def _align(args: argparse.Namespace) -> None:
         run_name=args.run_name,
         wandb=False if args.no_wandb else None,
     )
-    run = fit_alignment(config)
+    run = fit_alignment(config, ckpt_path=args.ckpt_path)
     if run.metrics:  # rank zero only
         print(f"checkpoint: {run.checkpoint}")
         print(f"report: {run.report}")

@@ -13,6 +13,12 @@ class ImageVAE(nn.Module):
 
     The image is decoded *from ĥ*, not from z directly, so the feature decoder is what carries the
     morphology and the image head only renders it (as in the study).
+
+    FPN features are far from unit scale (per-channel means of ±6 are common), which a freshly
+    initialised network needs thousands of steps just to reach. So the network works on features
+    standardised per channel with `feature_mean` / `feature_std` (buffers, saved with the weights,
+    fitted on training data by `set_feature_statistics`); `encode` takes and `decode` returns ĥ in
+    the features' own units.
     """
 
     def __init__(
@@ -37,6 +43,8 @@ class ImageVAE(nn.Module):
         self._bottleneck_shape = (bottleneck, feature_size // 2, feature_size // 2)
         flat = bottleneck * (feature_size // 2) ** 2
 
+        self.register_buffer("feature_mean", torch.zeros(in_channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(in_channels, 1, 1))
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
@@ -68,16 +76,26 @@ class ImageVAE(nn.Module):
             nn.Sigmoid(),  # targets are crops in [0, 1]
         )
 
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and standard deviation (C values each) of the training features."""
+        self.feature_mean.copy_(mean.reshape(-1, 1, 1))
+        self.feature_std.copy_(std.reshape(-1, 1, 1).clamp_min(1e-6))
+
+    def standardise(self, h: torch.Tensor) -> torch.Tensor:
+        """Features in the units the network works in: per channel, zero mean and unit variance."""
+        return (h - self.feature_mean) / self.feature_std
+
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ² of q(z | h) for a batch of feature maps B×C×F×F."""
-        hidden = self.encoder(h)
+        hidden = self.encoder(self.standardise(h))
         return self.to_mu(hidden), self.to_logvar(hidden)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstructed feature maps ĥ (B×C×F×F) and the image Î (B×3×S×S) rendered from them."""
+        """Reconstructed feature maps ĥ (B×C×F×F, the features' units) and the image Î (B×3×S×S)."""
         bottleneck = self.from_latent(z).view(-1, *self._bottleneck_shape)
-        h_hat = self.feature_decoder(bottleneck)
-        return h_hat, self.image_head(self.image_stem(h_hat))
+        standardised = self.feature_decoder(bottleneck)
+        h_hat = standardised * self.feature_std + self.feature_mean
+        return h_hat, self.image_head(self.image_stem(standardised))
 
     def forward(self, h: torch.Tensor, sample: bool | None = None) -> dict[str, torch.Tensor]:
         """Encode, draw z (only while training unless `sample` says otherwise; else z = μ), decode."""

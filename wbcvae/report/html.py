@@ -31,6 +31,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
+def write_csv(frame: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
+    """Write a table as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+    return Path(path)
+
+
 @dataclass
 class Section:
     """One heading of the report: prose, figures (PNG/GIF files) and tables."""
@@ -121,6 +128,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list):
+        return html.escape(", ".join(map(str, value)) or "–")
     return html.escape("–" if value is None else str(value))
 
 

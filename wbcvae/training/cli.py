@@ -84,8 +84,3 @@ def run_cli(kind: str, args: Sequence[str]) -> VAECLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return VAECLI(kind, args)
 
-
-if __name__ == "__main__":  # python -m wbcvae.training.cli image|rna [LightningCLI args]; `wbcvae train` is the same
-    import sys
-
-    run_cli(sys.argv[1], sys.argv[2:])

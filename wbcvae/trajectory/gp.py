@@ -139,7 +139,7 @@ class LatentPathGP:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(params, lr=learning_rate)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.likelihood, self.model)
-        with torch.enable_grad(), _quiet_numerics():
+        with torch.enable_grad(), _quiet_numerics(), _one_torch_thread():
             for _ in range(iters):
                 optimiser.zero_grad()
                 loss = -mll(self.model(t), y).sum()
@@ -181,6 +181,17 @@ class LatentPathGP:
         mean, variance = self.predict(t)
         return Trajectory(name, t.float(), mean, variance, self.sample(t, num_samples, seed), self.anchors)
 
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Matrices of a few hundred rows: threads only add overhead (and crawl on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ Two numbers per trajectory:
   nearest to each step in the latent space (1 = the path walks the maturation in the right order);
 - adjusted Rand index between k-Shape's clusters and the genes' true kinetics on the path's lineage,
   for the cluster ids (`ari_clusters`: k-Shape may split one kinetic into early and late clusters) and
-  for the shape names given to clusters (`ari_shapes`), with the fraction of genes whose shape is right.
+  for the shape names given to clusters (`ari_shapes`), with the fraction of genes whose cluster's
+  shape is right (`shape_accuracy`) and whose own curve's shape is right (`curve_shape_accuracy`).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def kinetics_agreement(kinetics: GeneKinetics, true_kinetic: pd.Series) -> tuple
     if len(genes) == 0:
         raise InputError("no gene of the decoded path has a ground-truth kinetic (gene names differ?)")
     truth = true_kinetic.loc[genes].astype(str)
-    shapes, clusters = table.loc[genes, "shape"], table.loc[genes, "cluster"]
+    shapes, clusters, curves = table.loc[genes, "shape"], table.loc[genes, "cluster"], table.loc[genes, "gene_shape"]
     metrics = {
         "ari_clusters": float(adjusted_rand_score(truth, clusters)),
         "ari_shapes": float(adjusted_rand_score(truth, shapes)),
         "shape_accuracy": float((truth == shapes).mean()),
+        "curve_shape_accuracy": float((truth == curves).mean()),
         "genes_compared": int(len(genes)),
     }
     confusion = pd.crosstab(truth.rename("true_kinetic"), shapes.rename("assigned_shape"))

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbcvae.report.html import Section
+from wbcvae.report.html import Section, write_csv
 from wbcvae.trajectory.decode import Decoder, DecodedPath, decode_path, save_gene_curves, save_gif, save_image_strip
 from wbcvae.trajectory.gp import LatentPathGP, Trajectory, class_anchors
 from wbcvae.trajectory.kinetics import GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
 from wbcvae.trajectory.recovery import GroundTruth
-from wbcvae.utils.atomic import atomic_path
 
 
 @dataclass
@@ -85,10 +84,10 @@ def run_trajectory(
         "gif": save_gif(decoded, folder / "path.gif"),
         "heatmap": save_heatmap(kinetics, folder / "heatmap.png", title=f"{preset.name}: gene kinetics"),
         "markers_plot": save_gene_curves(decoded, _genes_to_draw(markers, kinetics), folder / "markers.png"),
-        "genes": _write_csv(decoded.gene_frame(), folder / "genes.csv", index=True),
-        "path": _write_csv(_path_frame(trajectory), folder / "path.csv"),
+        "genes": write_csv(decoded.gene_frame(), folder / "genes.csv", index=True),
+        "path": write_csv(_path_frame(trajectory), folder / "path.csv"),
     }
-    files |= {name: _write_csv(table, folder / f"{name}.csv") for name, table in tables.items()}
+    files |= {name: write_csv(table, folder / f"{name}.csv") for name, table in tables.items()}
     metrics = {
         "lengthscale": gp.lengthscale,
         "k_used": kinetics.k_used,
@@ -100,7 +99,7 @@ def run_trajectory(
         metrics |= recovered
         if confusion is not None:
             tables["kinetics_confusion"] = confusion
-            files["kinetics_confusion"] = _write_csv(confusion, folder / "kinetics_confusion.csv")
+            files["kinetics_confusion"] = write_csv(confusion, folder / "kinetics_confusion.csv")
     return TrajectoryResult(preset, trajectory, decoded, kinetics, files, metrics, tables)
 
 
@@ -116,12 +115,20 @@ def report_section(result: TrajectoryResult) -> Section:
         "The strip shows decoded images along the path (top) and their pixel spread over paths drawn from the "
         "GP posterior (bottom); the heatmap the z-normalised decoded expression of each cluster's top genes.",
     ]
+    markers = result.tables.get("markers")
+    if markers is not None:
+        found = [f"{r.gene} {r.curve}{'' if r.agrees else f' (expected {r.expected})'}" for r in markers.itertuples()]
+        lines.append(f"Known markers along the decoded path: {', '.join(found)}.")
     if "pseudotime_spearman" in m:
-        recovered = f"Ground truth: Spearman between position on the path and true pseudotime of the nearest cells {m['pseudotime_spearman']:.3f}"
+        recovered = (
+            "Ground truth: Spearman between position on the path and true pseudotime of the nearest cells "
+            f"{m['pseudotime_spearman']:.3f}"
+        )
         if "ari_shapes" in m:
             recovered += (
                 f"; k-Shape vs true kinetics: ARI {m['ari_clusters']:.3f} (clusters), {m['ari_shapes']:.3f} (shape names), "
-                f"shape accuracy {m['shape_accuracy']:.3f} over {m['genes_compared']} genes"
+                f"shape right for {m['shape_accuracy']:.1%} of {m['genes_compared']} genes by their cluster's name, "
+                f"{m['curve_shape_accuracy']:.1%} by their own curve"
             )
         lines.append(recovered + ".")
     figures = [result.files[key] for key in ("strip", "gif", "heatmap", "markers_plot")]
@@ -129,14 +136,18 @@ def report_section(result: TrajectoryResult) -> Section:
 
 
 def marker_table(preset: TrajectoryPreset, kinetics: GeneKinetics) -> pd.DataFrame:
-    """The preset's known markers: expected shape vs the cluster shape found (genes the model keeps)."""
+    """The preset's known markers (those the model keeps): expected shape, the shape of the gene's own
+    decoded curve, and the name of its k-Shape cluster (which, being shift-invariant, can file a
+    transient gene's falling edge with the `down` genes)."""
     table = kinetics.table.set_index("gene")
+    columns = ["gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "net_change"]
     rows = [
         {
             "gene": gene,
             "expected": expected,
-            "found": table.at[gene, "shape"],
-            "agrees": table.at[gene, "shape"] == expected,
+            "curve": table.at[gene, "gene_shape"],
+            "agrees": table.at[gene, "gene_shape"] == expected,
+            "cluster_shape": table.at[gene, "shape"],
             "cluster": int(table.at[gene, "cluster"]),
             "change": float(table.at[gene, "change"]),
             "net_change": float(table.at[gene, "net_change"]),
@@ -144,7 +155,7 @@ def marker_table(preset: TrajectoryPreset, kinetics: GeneKinetics) -> pd.DataFra
         for gene, expected in preset.expected_markers.items()
         if gene in table.index
     ]
-    return pd.DataFrame(rows, columns=["gene", "expected", "found", "agrees", "cluster", "change", "net_change"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, n: int = 8) -> list[str]:
@@ -162,8 +173,3 @@ def _path_frame(trajectory: Trajectory) -> pd.DataFrame:
     frame.insert(1, "mean_variance", trajectory.variance.mean(1).numpy())
     return frame
 
-
-def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
-    return path
