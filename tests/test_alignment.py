@@ -216,6 +216,11 @@ def test_checkpoint_rebuilds_the_module_alone(trained):
     with pytest.raises(InputError, match="not a readable checkpoint"):
         (folder / "junk.ckpt").write_text("junk")
         load_alignment(folder / "junk.ckpt")
+    checkpoint = torch.load(folder / "joint.ckpt", weights_only=True)
+    del checkpoint["state_dict"]["image_plan.vae.to_mu.weight"]  # as if written by other model code
+    torch.save(checkpoint, folder / "older.ckpt")
+    with pytest.raises(InputError, match="do not fit this version"):
+        load_alignment(folder / "older.ckpt")
 
 
 DDP_SCRIPT = """

@@ -270,7 +270,11 @@ def load_alignment(ckpt: str | os.PathLike, map_location: str | torch.device = "
     module = JointAlignmentModule(
         ImageVAEPlan(**record["image_plan"]), RnaVAEPlan(**record["rna_plan"]), cells, **checkpoint["hyper_parameters"]
     )
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:  # written by a version of wbcvae whose models had other layers or buffers
+        first = " ".join(str(err).split())[:240]
+        raise InputError(f"{ckpt}: its weights do not fit this version's models ({first})") from err
     saved = record.get("image_latents")
     if saved is not None:
         latent = saved["latent"].float().numpy()
