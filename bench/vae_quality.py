@@ -8,7 +8,7 @@ validation split when the patient-grouped split left the test split empty):
   beat it) and projecting onto their top-50 principal axes (the best linear 50-d code);
 - kNN accuracy: each test cell's class voted by its 5 nearest *training* cells in μ-space, beside
   chance (the most frequent test class);
-- for image checkpoints, a figure of test cells, one per class: input, masked target, reconstruction.
+- for image checkpoints, a figure of held-out cells, one per class: input, masked target, reconstruction.
 
     python bench/vae_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] \
         [--out runs/quality] [--figure docs/figures/reconstructions.png]
@@ -43,7 +43,7 @@ class Split:
     def __init__(self, terms: dict[str, tuple[str, str, str | None]]) -> None:
         self.terms = terms
         self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
-        self.examples: dict[int, tuple[torch.Tensor, ...]] = {}  # class → (input, masked target, reconstruction)
+        self.examples: dict[int, tuple[torch.Tensor, ...]] = {}  # class → images for `reconstruction_figure`
 
     def add(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         self.parts["mu"].append(outputs["mu"].float().cpu().numpy())
@@ -55,8 +55,8 @@ class Split:
         if "image_hat" in outputs:
             for i, label in enumerate(batch["label"].tolist()):
                 if label not in self.examples:
-                    target, mask = batch["target"][i].cpu(), batch["mask"][i].cpu()
-                    self.examples[label] = (target, mask * target, outputs["image_hat"][i].cpu())
+                    target, mask, image_hat = batch["target"][i].cpu(), batch["mask"][i].cpu(), outputs["image_hat"][i].cpu()
+                    self.examples[label] = (target, mask * target, image_hat, mask * image_hat)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.concatenate(self.parts[name])
@@ -90,12 +90,14 @@ def pca_baseline(train: np.ndarray, test: np.ndarray, k: int) -> float:
 
 
 def reconstruction_figure(examples: dict[int, tuple[torch.Tensor, ...]], title: str, path: Path) -> None:
-    """Columns: one held-out cell per class; rows: input crop, masked target, reconstruction."""
+    """Columns: one held-out cell per class; rows: input crop, masked target, reconstruction, and the
+    reconstruction under the same mask (what the loss compares with the masked target)."""
     classes = sorted(examples)
-    fig = new_figure(1.6 * len(classes), 5.2)
-    axes = fig.subplots(3, len(classes), squeeze=False)
+    rows = ("input", "masked target", "reconstruction", "masked\nreconstruction")
+    fig = new_figure(1.6 * len(classes), 1.75 * len(rows))
+    axes = fig.subplots(len(rows), len(classes), squeeze=False)
     for column, label in enumerate(classes):
-        for row, (image, name) in enumerate(zip(examples[label], ("input", "masked target", "reconstruction"))):
+        for row, (image, name) in enumerate(zip(examples[label], rows)):
             ax = axes[row, column]
             ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
             ax.set_xticks([]), ax.set_yticks([])
