@@ -217,6 +217,17 @@ def memory_section(out: Path, small: int, big: int, genes: int, batch_size: int)
     return result
 
 
+def print_memory_section(args: argparse.Namespace) -> dict:
+    small, big = args.cells
+    print(f"\n== RNA from a lazy .h5ad: peak memory, {small:,} vs {big:,} cells × {args.genes} genes, batch {args.batch_size}")
+    memory = memory_section(args.out, small, big, args.genes, args.batch_size)
+    for key in (f"lazy_{small}", f"lazy_{big}", f"in_memory_{big}"):
+        m = memory[key]
+        print(f"{key:>16}: peak {m['peak_mb']:7.0f} MB  (after imports {m['baseline_mb']:.0f} MB: +{m['peak_mb'] - m['baseline_mb']:.0f} MB)")
+    print(f"  lazy {big:,} / lazy {small:,} = {memory['ratio_lazy_big_over_small']:.3f}   (target ≤ 1.20)")
+    return memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="demo/world", help="a synthetic world (its rna.h5ad feeds the RNA VAE)")
@@ -228,12 +239,15 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs=2, default=(10_000, 200_000), help="small and large .h5ad")
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--sections", nargs="+", choices=("rna", "image", "memory"), default=("rna", "image", "memory"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     warmup = 5
     report: dict = {"device": str(device()), "torch_threads": torch.get_num_threads()}
 
     for name, (make_plan, datamodule, what) in cases(args).items():
+        if name not in args.sections:
+            continue
         print(f"\n== {name} β-VAE on {what} ({device()})")
         bare, lightning = [], []
         with tempfile.TemporaryDirectory() as logs:
@@ -258,14 +272,8 @@ def main() -> None:
         print(f"DataModule alone {loader:8.2f} batches/s; step alone {step:.2f} steps/s")
         print(f"  loader / step = {row['loader_over_step']:.1f}×   (target ≥ 5)")
 
-    small, big = args.cells
-    print(f"\n== RNA from a lazy .h5ad: peak memory, {small:,} vs {big:,} cells × {args.genes} genes, batch {args.batch_size}")
-    memory = memory_section(args.out, small, big, args.genes, args.batch_size)
-    report["memory"] = memory
-    for key in (f"lazy_{small}", f"lazy_{big}", f"in_memory_{big}"):
-        m = memory[key]
-        print(f"{key:>16}: peak {m['peak_mb']:7.0f} MB  (after imports {m['baseline_mb']:.0f} MB: +{m['peak_mb'] - m['baseline_mb']:.0f} MB)")
-    print(f"  lazy {big:,} / lazy {small:,} = {memory['ratio_lazy_big_over_small']:.3f}   (target ≤ 1.20)")
+    if "memory" in args.sections:
+        report["memory"] = print_memory_section(args)
 
     (args.out / "bench_training.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {args.out / 'bench_training.json'}")
