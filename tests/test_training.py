@@ -64,6 +64,8 @@ def test_fast_dev_run(kind, vae_class, tmp_path):
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    (prediction,) = cli.trainer.predict(cli.model, datamodule=cli.datamodule)  # fast_dev_run: one batch
+    assert prediction["mu"].shape == (4, 8) and prediction["index"].shape == (4,)
 
 
 def test_image_run_layout_and_offline_wandb_dashboards(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ class ImageVAEPlan(VAEPlan):
     """
 
     kind = "image"
+    input_key = "features"
 
     def __init__(
         self,
@@ -70,7 +71,7 @@ class ImageVAEPlan(VAEPlan):
         self.statistics_cells.fill_(int(count[0]) // (self.hparams.feature_size**2))
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
-        outputs = self.vae(batch["features"])
+        outputs = self.vae(batch[self.input_key])
         mask = batch["mask"]
         terms = {
             "features_mse": F.mse_loss(self.vae.standardise(outputs["h_hat"]), self.vae.standardise(batch["features"])),

@@ -26,6 +26,7 @@ class VAEPlan(L.LightningModule):
 
     vae: torch.nn.Module
     kind: str  # "image" or "rna": what `wbcvae embed` reads from the checkpoint
+    input_key: str  # the batch entry the encoder reads
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
         """(unweighted terms, their weights at this step, the VAE's outputs). No logging, no checks."""
@@ -67,6 +68,10 @@ class VAEPlan(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._common_step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """μ of each cell, with its row in the source (`… predict` subcommand; `wbcvae embed` writes AnnData)."""
+        return {"mu": self.vae.encode(batch[self.input_key])[0], "index": batch["index"]}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -23,6 +23,7 @@ class RnaVAEPlan(VAEPlan):
     """
 
     kind = "rna"
+    input_key = "x"
 
     def __init__(
         self,
@@ -71,7 +72,7 @@ class RnaVAEPlan(VAEPlan):
             }
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
-        outputs = self.vae(batch["x"])
+        outputs = self.vae(batch[self.input_key])
         z_atlas = batch["z_atlas"]
         if z_atlas.shape[-1] != outputs["z"].shape[-1]:
             raise InputError(
