@@ -1,4 +1,5 @@
-"""The whole pipeline at toy size: every stage runs, the report holds what the issue asks, a rerun resumes."""
+"""The whole pipeline at toy size: every stage runs, the report holds what the issue asks, a rerun resumes.
+The real-RNA stage is skipped at toy size (its source is pointed away) and run alone on van Galen in a slow test."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from wbcvae.errors import InputError
-from wbcvae.pipeline import STAGE_NAMES, load_pipeline_config, run_pipeline
+from wbcvae.pipeline import STAGE_NAMES, Run, _real_rna, load_pipeline_config, run_pipeline
+from wbcvae.pipeline_report import _real_rna_section
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = [
@@ -26,6 +28,7 @@ TOY = [
     "alignment.trajectory.steps=20",
     "alignment.trajectory.samples=2",
     "alignment.trajectory.fit_iters=10",
+    "real_rna.source=no/such/folder",
 ]
 
 
@@ -50,9 +53,11 @@ def test_every_stage_finishes_and_the_report_has_its_parts(toy_run):
     page = (report / "index.html").read_text()
     for heading in ("synthetic world", "Segmentation", "β-VAEs", "Joint latent space", "Trajectory: granulopoiesis"):
         assert heading in page
+    assert "Real RNA: van Galen healthy marrow" in page and "Skipped: the real RNA source no/such/folder does not exist." in page
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["seconds"]) >= set(STAGE_NAMES) - {"report"}
     assert 0 <= metrics["segmentation"]["val_iou_cell"] <= 1
+    assert metrics["real_rna"] == {"skipped": "the real RNA source no/such/folder does not exist"}
     spearman = metrics["trajectory/granulopoiesis"]["pseudotime_spearman"]
     assert -1 <= spearman <= 1
     assert list((report / "figures").glob("*strip.png")) and list((report / "tables").glob("*.csv"))
@@ -71,3 +76,36 @@ def test_unknown_section_is_named(tmp_path):
     bad.write_text("out: x\nsegmentaton: {}\n")
     with pytest.raises(InputError, match="'segmentaton'"):
         load_pipeline_config(bad)
+
+
+def test_real_rna_path_must_list_cell_types(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_pipeline_config(REPO / "experiments/pipeline/demo.yaml", [f"real_rna.source={tmp_path}", "real_rna.path=HSC"])
+    with pytest.raises(InputError, match="real_rna.path must list at least two cell types"):
+        _real_rna(Run(config=config, out=tmp_path / "run", outputs={}))
+    assert not (tmp_path / "run").exists()  # refused before any training
+
+
+@pytest.mark.slow
+def test_real_rna_stage_on_van_galen_lists_the_known_markers(vangalen, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    tiny = [
+        f"real_rna.source={vangalen}",
+        "real_rna.set.trainer.max_epochs=1",
+        "real_rna.set.latent_map.method=pca",
+        "real_rna.trajectory={steps: 20, samples: 2, fit_iters: 20}",
+    ]
+    run = Run(config=load_pipeline_config(REPO / "experiments/pipeline/demo.yaml", tiny), out=tmp_path, outputs={})
+    outputs = _real_rna(run)
+    assert outputs["path"] == ["HSC", "GMP", "ProMono", "Mono"] and min(outputs["cells_on_path"].values()) > 0
+    assert outputs["markers_not_kept"] == []
+    section, metrics = _real_rna_section(outputs)
+    markers = section.tables["known markers"].set_index("gene")
+    assert {"CD34", "LYZ"} <= set(markers.index) and set(markers["curve"]) <= {"up", "down", "transient"}
+    assert section.title == "Real RNA: van Galen healthy marrow, HSC → Mono"
+    assert f"{metrics['markers_agree']} of 6 agree" in section.text and "CD34 " in section.text
+    # A cell type the data does not have is named, with the ones it has (the trained model is reused).
+    monkeypatch.setattr("wbcvae.pipeline._train_vae", lambda *args: {"checkpoint": outputs["checkpoint"]})
+    run.config["real_rna"]["path"] = ["HSC", "Neutrophil"]
+    with pytest.raises(InputError, match="no 'Neutrophil' cells in .*; its cell types: .*HSC"):
+        _real_rna(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -22,7 +23,7 @@ from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
 from wbcvae.trajectory.kinetics import cluster_kinetics, znormalise
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
-from wbcvae.trajectory.run import TrajectorySettings, run_trajectory
+from wbcvae.trajectory.run import TrajectorySettings, report_section, run_trajectory
 
 DIM = 8
 FAST = dict(fit_iters=30)
@@ -249,6 +250,23 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
     stretch = run_trajectory("neutrophil_maturation", latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
     assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
+
+
+def test_rna_only_path_decodes_genes_and_reads_the_known_markers(tmp_path):
+    preset = PRESETS["monocytopoiesis"]
+    latent, classes, _ = clusters_along_a_curve(preset.series, per_class=10, noise=0.05)
+    kinds = ["down", "up", "transient", "up", "flat", "down"]
+    genes = ["CD34", "LYZ", "S100A8", "G3", "G4", "G5"]  # S100A8 planted transient: it must disagree
+    settings = TrajectorySettings(waypoints=True, steps=20, samples=2, k=2, **FAST)
+    result = run_trajectory(preset, latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings)
+    assert result.decoded.images is None and result.decoded.image_std is None and result.decoded.gene_std.shape == (20, 6)
+    assert {"strip", "gif"}.isdisjoint(result.files) and (tmp_path / "monocytopoiesis" / "markers.png").is_file()
+    assert not (tmp_path / "monocytopoiesis" / "strip.png").exists()
+    markers = result.tables["markers"].set_index("gene")
+    assert list(markers["curve"]) == ["down", "up", "transient"] and list(markers["agrees"]) == [True, True, False]
+    section = report_section(result)
+    assert [Path(f).name for f in section.figures] == ["heatmap.png", "markers.png"] and "strip" not in section.text
+    assert "CD34 down, LYZ up, S100A8 transient (expected up); 2 of 3 agree" in section.text
 
 
 def test_report_folder_has_index_tables_and_json_and_appears_whole(tmp_path):

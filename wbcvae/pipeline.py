@@ -1,4 +1,5 @@
-"""`wbcvae pipeline`: data → segmentation → features → image VAE → RNA VAE → alignment → trajectories → report.
+"""`wbcvae pipeline`: data → segmentation → features → image VAE → RNA VAE → alignment → trajectories
+→ real RNA (van Galen marrow, when its data is there) → report.
 
 One YAML (`experiments/pipeline/demo.yaml`) names every stage's own config, so the pipeline runs exactly
 what `make segment`, `make train-image`, … run. Each stage writes into `OUT/<stage>/` and finishes by
@@ -14,11 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from wbcvae.errors import InputError
 from wbcvae.report.html import to_jsonable, write_report
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.utils.config import load_yaml_config
+
+if TYPE_CHECKING:
+    from wbcvae.trajectory.run import TrajectorySettings
 
 Outputs = dict[str, Any]
 
@@ -107,11 +112,17 @@ def _rna_vae(run: Run) -> Outputs:
 
 
 def _train_vae(run: Run, stage: str, kind: str, data: dict[str, Any]) -> Outputs:
-    """Fit one β-VAE through the same LightningCLI as `make train-image` / `make train-rna`."""
+    """Fit one β-VAE through the same LightningCLI as `make train-image` / `make train-rna`.
+
+    `config` is one YAML or a list of them, stacked in order as repeated `--config` (later files override).
+    """
     from wbcvae.training.cli import run_cli
 
     settings = run.section(stage)
-    args = ["fit", "--config", str(settings.pop("config"))]
+    configs = settings.pop("config")
+    args = ["fit"]
+    for config in [configs] if isinstance(configs, (str, os.PathLike)) else configs:
+        args += ["--config", str(config)]
     fields = {
         **data,
         "trainer.default_root_dir": str(run.folder(stage)),
@@ -152,6 +163,75 @@ def _alignment(run: Run) -> Outputs:
     }
 
 
+REAL_RNA_MARKERS = "monocytopoiesis"  # the preset whose known markers the real path is read against
+
+
+def _real_rna(run: Run) -> Outputs:
+    """The RNA β-VAE on real marrow, then the decoded path through `path`'s cell types: do the known
+    markers go up and down on real RNA as they do in the synthetic world? Skipped without the data."""
+    from wbcvae.trajectory.decode import as_decoder
+    from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
+    from wbcvae.trajectory.run import run_trajectory
+    from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
+
+    settings = run.section("real_rna")
+    source = settings.get("source")
+    if not source:
+        return {"skipped": "no real RNA source configured (real_rna.source)"}
+    if not Path(source).exists():
+        return {"skipped": f"the real RNA source {source} does not exist"}
+    path = settings.get("path")
+    if not isinstance(path, list) or len(path) < 2 or not all(isinstance(t, str) for t in path):
+        raise InputError(f"real_rna.path must list at least two cell types, start to end; got {path!r}")
+    trajectory_settings = _trajectory_settings(settings.get("trajectory") or {})
+    trained = _train_vae(run, "real_rna", "rna", {"data.init_args.source": str(source)})
+    folder = run.folder("real_rna")
+    cells = embed(trained["checkpoint"], source, folder / "rna_latent.h5ad")
+    cell_types = cells.obs["cell_type"].astype(object).fillna("").astype(str)
+    counts = cell_types.value_counts()
+    missing = [t for t in path if t not in counts.index]
+    if missing:
+        known = ", ".join(sorted(t for t in counts.index if t))
+        raise InputError(f"real_rna.path: no {missing[0]!r} cells in {source}; its cell types: {known}")
+    plan, record = load_plan(trained["checkpoint"])
+    genes = json.loads(record["preprocessor"]["json"])["genes"]
+    markers = get_preset(REAL_RNA_MARKERS)
+    preset = TrajectoryPreset(
+        name=f"{path[0]}_to_{path[-1]}",
+        lineage=markers.lineage,
+        series=tuple(path),
+        description=f"Real RNA: {' → '.join(path)}",
+        expected_markers=markers.expected_markers,
+    )
+    result = run_trajectory(
+        preset, cells.obsm[EMBEDDING_KEY], cell_types.tolist(), None, as_decoder(plan.vae), genes, folder / "trajectory", trajectory_settings
+    )
+    return {
+        "checkpoint": trained["checkpoint"],
+        "source": str(source),
+        "path": path,
+        "cells": int(cells.n_obs),
+        "cells_on_path": {t: int(counts[t]) for t in path},
+        "genes": len(genes),
+        "markers_not_kept": [g for g in markers.expected_markers if g not in genes],
+        "files": {name: str(file) for name, file in result.files.items()},
+        "metrics": to_jsonable(result.metrics),
+    }
+
+
+def _trajectory_settings(values: dict[str, Any]) -> TrajectorySettings:
+    """Waypoints through every listed cell type, at their centroids, unless `real_rna.trajectory` says otherwise."""
+    from dataclasses import fields
+
+    from wbcvae.trajectory.run import TrajectorySettings
+
+    known = {f.name for f in fields(TrajectorySettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown real_rna.trajectory setting {unknown[0]!r}; known: {sorted(known)}")
+    return TrajectorySettings(**{"waypoints": True, "anchor_mode": "centroid", **values})
+
+
 def _report(run: Run) -> Outputs:
     """One page: what each stage made, with the figures people look at first."""
     from wbcvae.pipeline_report import pipeline_sections
@@ -169,6 +249,7 @@ STAGES: tuple[tuple[str, Callable[[Run], Outputs]], ...] = (
     ("image_vae", _image_vae),
     ("rna_vae", _rna_vae),
     ("alignment", _alignment),
+    ("real_rna", _real_rna),
     ("report", _report),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)

@@ -50,6 +50,8 @@ def pipeline_sections(outputs: dict[str, dict[str, Any]]) -> tuple[list[Section]
     sections.append(vae_section)
     metrics |= outputs["alignment"]["metrics"]
     sections += load_sections(outputs["alignment"]["sections"])
+    real_rna_section, metrics["real_rna"] = _real_rna_section(outputs["real_rna"])
+    sections.append(real_rna_section)
     return sections, metrics
 
 
@@ -77,6 +79,39 @@ def _segmentation_section(segmentation: dict[str, Any], folder: Path, world: dic
         "Mask R-CNN (yellow)."
     )
     return Section("Segmentation", text, [figure])
+
+
+def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
+    """The decoded path on real marrow RNA: which known markers go up and down, and whether as expected."""
+    from wbcvae.trajectory.run import marker_sentence
+
+    if "skipped" in real:
+        return Section("Real RNA: van Galen healthy marrow", f"Skipped: {real['skipped']}."), {"skipped": real["skipped"]}
+    path, files, m = real["path"], real["files"], real["metrics"]
+    markers = pd.read_csv(files["markers"]) if "markers" in files else pd.DataFrame()
+    stages = " → ".join(f"{t} ({n} cells)" for t, n in real["cells_on_path"].items())
+    lines = [
+        f"The RNA β-VAE trained on {real['source']} ({real['cells']} cells, {real['genes']} genes kept), then a GP "
+        f"through the latent centroids of {stages} "
+        f"(RBF lengthscale {m['lengthscale']:.3f}), decoded into expression. Genes by shape: {m['genes_up']} up, "
+        f"{m['genes_down']} down, {m['genes_transient']} transient, {m['genes_flat']} flat (k-Shape with k={m['k_used']}).",
+        marker_sentence(markers) if len(markers) else "None of the known markers is among the genes the model keeps.",
+    ]
+    if real["markers_not_kept"]:
+        lines.append(f"Not among the kept genes: {', '.join(real['markers_not_kept'])}.")
+    tables = {"known markers": markers} if len(markers) else {}
+    section = Section(
+        f"Real RNA: van Galen healthy marrow, {path[0]} → {path[-1]}",
+        "\n\n".join(lines),
+        [files["heatmap"], files["markers_plot"]],
+        tables | {"clusters": pd.read_csv(files["clusters"])},
+    )
+    agreement = {
+        "markers_agree": int(markers["agrees"].sum()) if len(markers) else 0,
+        "markers_compared": len(markers),
+        "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
+    }
+    return section, {**m, **agreement}
 
 
 def _vae_section(outputs: dict[str, dict[str, Any]]) -> tuple[Section, dict[str, Any]]:

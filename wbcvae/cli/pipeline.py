@@ -9,7 +9,7 @@ DEFAULT_CONFIG = Path("experiments/pipeline/demo.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    pipeline = subparsers.add_parser("pipeline", help="data → segmentation → features → VAEs → alignment → trajectories → report")
+    pipeline = subparsers.add_parser("pipeline", help="data → segmentation → features → VAEs → alignment → trajectories → real RNA → report")
     pipeline.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"pipeline YAML (default {DEFAULT_CONFIG})")
     pipeline.add_argument("--out", type=Path, help="run folder (overrides the config's `out`)")
     pipeline.add_argument(

@@ -123,7 +123,11 @@ def _rna_batches(
     if len(fitted.genes) != plan.vae.n_genes:
         raise InputError(f"the preprocessing keeps {len(fitted.genes)} genes but the model expects {plan.vae.n_genes}")
     trained = record.get("data", {}).get("hparams", {})
-    adata = read_rna(source, cell_type_key=trained.get("cell_type_key"), unknown="skip")
+    # The training source is read with the training's van Galen sample selection (the same cells).
+    selection = {}
+    if str(Path(source).resolve()) == str(Path(record.get("data", {}).get("source", "")).resolve()):
+        selection = {"samples": trained.get("samples"), "healthy_only": bool(trained.get("healthy_only"))}
+    adata = read_rna(source, cell_type_key=trained.get("cell_type_key"), unknown="skip", **selection)
     dataset = RnaDataset(adata, fitted)
     starts = range(0, adata.n_obs, batch_size)
     batches = (dataset[list(range(s, min(s + batch_size, adata.n_obs)))]["x"] for s in starts)

@@ -3,7 +3,8 @@
 Decoders are duck-typed: a VAE with `.decode(z)` or any callable z → output; when the output is a
 tuple (the image VAE returns `(h_hat, image)`) its last element is taken. The mean path is decoded
 once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
-and per-gene standard deviation), so the figures show how sure the path is.
+and per-gene standard deviation), so the figures show how sure the path is. Without an image decoder
+(a path through an RNA-only latent) only the genes are decoded.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DecodedPath:
 
     name: str
     t: np.ndarray  # N
-    images: Tensor  # N×3×H×W, decoded mean path
+    images: Tensor | None  # N×3×H×W, decoded mean path (None without an image decoder)
     image_std: Tensor | None  # N×H×W, pixel spread over posterior samples (channel mean)
     genes: np.ndarray  # N×G, decoded mean path
     gene_std: np.ndarray | None  # N×G, spread over posterior samples
@@ -60,28 +61,27 @@ class DecodedPath:
 
 def decode_path(
     trajectory: Trajectory,
-    image_decoder: Decoder,
+    image_decoder: Decoder | None,
     gene_decoder: Decoder,
     gene_names: Sequence[str],
     batch_size: int = 64,
 ) -> DecodedPath:
-    """Decode the mean path and summarise the decoded posterior samples."""
-    images = _decode_batched(image_decoder, trajectory.mean, batch_size)
+    """Decode the mean path and summarise the decoded posterior samples (genes only when `image_decoder` is None)."""
     genes = _decode_batched(gene_decoder, trajectory.mean, batch_size)
     if genes.shape[1] != len(gene_names):
         raise ValueError(f"gene decoder returns {genes.shape[1]} genes but {len(gene_names)} gene names were given")
+    images = None if image_decoder is None else _decode_batched(image_decoder, trajectory.mean, batch_size).clamp(0, 1)
     image_std = gene_std = None
     if len(trajectory.samples) > 1:
         # Running moments: holding S×N decoded images at 3×128×128 would take hundreds of MB.
         image_moments, gene_moments = _Moments(), _Moments()
         for path in trajectory.samples:
-            image_moments.add(_decode_batched(image_decoder, path, batch_size))
+            if image_decoder is not None:
+                image_moments.add(_decode_batched(image_decoder, path, batch_size))
             gene_moments.add(_decode_batched(gene_decoder, path, batch_size))
-        image_std = image_moments.std().mean(1)
+        image_std = None if image_decoder is None else image_moments.std().mean(1)
         gene_std = gene_moments.std().numpy()
-    return DecodedPath(
-        trajectory.name, trajectory.t.numpy(), images.clamp(0, 1), image_std, genes.numpy(), gene_std, list(gene_names)
-    )
+    return DecodedPath(trajectory.name, trajectory.t.numpy(), images, image_std, genes.numpy(), gene_std, list(gene_names))
 
 
 def save_image_strip(decoded: DecodedPath, path: Path, frames: int = 10) -> Path:

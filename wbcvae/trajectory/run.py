@@ -4,7 +4,8 @@ Used by the Lightning callback at the end of training, by `wbcvae trajectory --c
 pipeline; all three write the same files into `<out_dir>/<preset>/`:
 `strip.png` (decoded images and their spread), `path.gif`, `genes.csv` (steps × genes),
 `path.csv` (pseudotime, latent mean, mean variance), `kinetics.csv`, `clusters.csv`, `heatmap.png`,
-`markers.png`, and `markers.csv` when the preset names known markers.
+`markers.png`, and `markers.csv` when the preset names known markers. A path through an RNA-only
+latent has no image decoder, hence no strip and no GIF.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_trajectory(
     preset: TrajectoryPreset | str,
     latent: np.ndarray,
     classes: Sequence[str],
-    image_decoder: Decoder,
+    image_decoder: Decoder | None,
     gene_decoder: Decoder,
     gene_names: Sequence[str],
     out_dir: str | Path,
@@ -79,9 +80,10 @@ def run_trajectory(
     markers = marker_table(preset, kinetics)
     if len(markers):
         tables["markers"] = markers
-    files = {
-        "strip": save_image_strip(decoded, folder / "strip.png"),
-        "gif": save_gif(decoded, folder / "path.gif"),
+    files = {}
+    if decoded.images is not None:
+        files |= {"strip": save_image_strip(decoded, folder / "strip.png"), "gif": save_gif(decoded, folder / "path.gif")}
+    files |= {
         "heatmap": save_heatmap(kinetics, folder / "heatmap.png", title=f"{preset.name}: gene kinetics"),
         "markers_plot": save_gene_curves(decoded, _genes_to_draw(markers, kinetics), folder / "markers.png"),
         "genes": write_csv(decoded.gene_frame(), folder / "genes.csv", index=True),
@@ -112,13 +114,20 @@ def report_section(result: TrajectoryResult) -> Section:
         f"{', '.join(dict.fromkeys(anchors.stages))}; RBF lengthscale {m['lengthscale']:.3f} (pseudotime units). "
         f"Genes by shape: {m['genes_up']} up, {m['genes_down']} down, {m['genes_transient']} transient, "
         f"{m['genes_flat']} flat (k-Shape with k={m['k_used']}).",
-        "The strip shows decoded images along the path (top) and their pixel spread over paths drawn from the "
-        "GP posterior (bottom); the heatmap the z-normalised decoded expression of each cluster's top genes.",
     ]
+    if "strip" in result.files:
+        lines.append(
+            "The strip shows decoded images along the path (top) and their pixel spread over paths drawn from the "
+            "GP posterior (bottom); the heatmap the z-normalised decoded expression of each cluster's top genes."
+        )
+    else:
+        lines.append(
+            "The heatmap shows the z-normalised decoded expression of each cluster's top genes; the curves "
+            "their decoded expression with ±2 sd over paths drawn from the GP posterior."
+        )
     markers = result.tables.get("markers")
     if markers is not None:
-        found = [f"{r.gene} {r.curve}{'' if r.agrees else f' (expected {r.expected})'}" for r in markers.itertuples()]
-        lines.append(f"Known markers along the decoded path: {', '.join(found)}.")
+        lines.append(marker_sentence(markers))
     if "pseudotime_spearman" in m:
         recovered = (
             "Ground truth: Spearman between position on the path and true pseudotime of the nearest cells "
@@ -131,7 +140,7 @@ def report_section(result: TrajectoryResult) -> Section:
                 f"{m['curve_shape_accuracy']:.1%} by their own curve"
             )
         lines.append(recovered + ".")
-    figures = [result.files[key] for key in ("strip", "gif", "heatmap", "markers_plot")]
+    figures = [result.files[key] for key in ("strip", "gif", "heatmap", "markers_plot") if key in result.files]
     return Section(f"Trajectory: {preset.name}", "\n\n".join(lines), figures, result.tables)
 
 
@@ -156,6 +165,13 @@ def marker_table(preset: TrajectoryPreset, kinetics: GeneKinetics) -> pd.DataFra
         if gene in table.index
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def marker_sentence(markers: pd.DataFrame) -> str:
+    """'Known markers along the decoded path: CD34 down, LYZ up, …; 5 of 6 agree with the expected shape.'"""
+    found = [f"{r.gene} {r.curve}{'' if r.agrees else f' (expected {r.expected})'}" for r in markers.itertuples()]
+    agree = int(markers["agrees"].astype(bool).sum())
+    return f"Known markers along the decoded path: {', '.join(found)}; {agree} of {len(markers)} agree with the expected shape."
 
 
 def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, n: int = 8) -> list[str]:
