@@ -206,15 +206,16 @@ def test_decoding_writes_strip_gif_and_matrix_of_the_right_shapes(tmp_path):
     path = LatentPathGP(class_anchors(latent, classes, ("a", "b")), **FAST).trajectory(steps=12, num_samples=3, name="toy")
     vae = StandInImageVAE().train()
     kinds = ["up", "down", "transient", "flat", "up"]
-    decoded = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)])
+    decoded = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)], strip_frames=6)
     assert vae.training  # back to how it was
-    assert decoded.images.shape == (12, 3, 16, 16) and decoded.image_std.shape == (12, 16, 16)
+    assert decoded.strip_steps.tolist() == [0, 2, 4, 7, 9, 11]  # first and last step always shown
+    assert decoded.images.shape == (12, 3, 16, 16) and decoded.image_std.shape == (6, 16, 16)
     assert decoded.genes.shape == (12, 5) and decoded.gene_std.shape == (12, 5)
     assert decoded.gene_frame().shape == (12, 5) and decoded.gene_frame().index[-1] == 1.0
     # Decoding is deterministic (dropout off): decoding the mean path twice gives the same images.
     again = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)])
     torch.testing.assert_close(again.images, decoded.images)
-    strip = Image.open(save_image_strip(decoded, tmp_path / "strip.png", frames=6))
+    strip = Image.open(save_image_strip(decoded, tmp_path / "strip.png"))
     gif = Image.open(save_gif(decoded, tmp_path / "path.gif"))
     assert strip.width > strip.height and gif.n_frames == 12 and gif.size == (16, 16)
     with pytest.raises(ValueError, match="5 genes but 4 gene names"):

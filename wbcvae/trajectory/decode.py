@@ -49,7 +49,8 @@ class DecodedPath:
     name: str
     t: np.ndarray  # N
     images: Tensor | None  # N×3×H×W, decoded mean path (None without an image decoder)
-    image_std: Tensor | None  # N×H×W, pixel spread over posterior samples (channel mean)
+    strip_steps: np.ndarray  # F indices into the N steps: the frames of the image strip
+    image_std: Tensor | None  # F×H×W, pixel spread over posterior samples at `strip_steps` (channel mean)
     genes: np.ndarray  # N×G, decoded mean path
     gene_std: np.ndarray | None  # N×G, spread over posterior samples
     gene_names: list[str]
@@ -65,28 +66,36 @@ def decode_path(
     gene_decoder: Decoder,
     gene_names: Sequence[str],
     batch_size: int = 64,
+    strip_frames: int = 10,
 ) -> DecodedPath:
-    """Decode the mean path and summarise the decoded posterior samples (genes only when `image_decoder` is None)."""
+    """Decode the mean path and summarise the decoded posterior samples (genes only when `image_decoder` is None).
+
+    Posterior samples are decoded to images only at the `strip_frames` steps the strip shows: every
+    step of every sample would cost most of a CPU run's trajectory time for pixels nobody looks at.
+    """
     genes = _decode_batched(gene_decoder, trajectory.mean, batch_size)
     if genes.shape[1] != len(gene_names):
         raise ValueError(f"gene decoder returns {genes.shape[1]} genes but {len(gene_names)} gene names were given")
     images = None if image_decoder is None else _decode_batched(image_decoder, trajectory.mean, batch_size).clamp(0, 1)
+    strip_steps = np.unique(np.linspace(0, len(trajectory.t) - 1, strip_frames).round().astype(int))
     image_std = gene_std = None
     if len(trajectory.samples) > 1:
-        # Running moments: holding S×N decoded images at 3×128×128 would take hundreds of MB.
+        # Running moments: holding every sample's decoded output at once would take hundreds of MB.
         image_moments, gene_moments = _Moments(), _Moments()
         for path in trajectory.samples:
             if image_decoder is not None:
-                image_moments.add(_decode_batched(image_decoder, path, batch_size))
+                image_moments.add(_decode_batched(image_decoder, path[strip_steps], batch_size))
             gene_moments.add(_decode_batched(gene_decoder, path, batch_size))
         image_std = None if image_decoder is None else image_moments.std().mean(1)
         gene_std = gene_moments.std().numpy()
-    return DecodedPath(trajectory.name, trajectory.t.numpy(), images, image_std, genes.numpy(), gene_std, list(gene_names))
+    return DecodedPath(
+        trajectory.name, trajectory.t.numpy(), images, strip_steps, image_std, genes.numpy(), gene_std, list(gene_names)
+    )
 
 
-def save_image_strip(decoded: DecodedPath, path: Path, frames: int = 10) -> Path:
-    """PNG: `frames` evenly spaced decoded images, and under them their spread over posterior samples."""
-    steps = np.unique(np.linspace(0, len(decoded.t) - 1, frames).round().astype(int))
+def save_image_strip(decoded: DecodedPath, path: Path) -> Path:
+    """PNG: the decoded images at the strip's steps, and under them their spread over posterior samples."""
+    steps = decoded.strip_steps
     rows = 2 if decoded.image_std is not None else 1
     fig = Figure(figsize=(1.3 * len(steps), 1.45 * rows + 0.3))
     axes = fig.subplots(rows, len(steps), squeeze=False)
@@ -95,7 +104,7 @@ def save_image_strip(decoded: DecodedPath, path: Path, frames: int = 10) -> Path
         axes[0, col].imshow(decoded.images[step].permute(1, 2, 0).numpy())
         axes[0, col].set_title(f"t={decoded.t[step]:.2f}", fontsize=8)
         if decoded.image_std is not None:
-            axes[1, col].imshow(decoded.image_std[step].numpy(), cmap="magma", vmin=0, vmax=max(vmax, 1e-6))
+            axes[1, col].imshow(decoded.image_std[col].numpy(), cmap="magma", vmin=0, vmax=max(vmax, 1e-6))
     axes[0, 0].set_ylabel("decoded", fontsize=8)
     if rows == 2:
         axes[1, 0].set_ylabel("spread (sd)", fontsize=8)
