@@ -13,13 +13,15 @@ DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench clean
+.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
 	@echo "make test    - set up, then run the fast test suite (make test-all adds the slow tests)"
 	@echo "make setup   - create $(VENV) and install wbcvae into it (idempotent)"
 	@echo "make train-image | train-rna | segment | features | align | trajectory | bench"
+	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
+	@echo "make pbc-quality  - the same for an image β-VAE on ../shared/data/pbc_sample (segment, features, train)"
 
 setup: $(STAMP)
 
@@ -71,6 +73,21 @@ trajectory: setup
 bench: setup
 	$(PY) bench/bench_features.py $(ARGS)
 	$(PY) bench/bench_training.py $(ARGS)
+
+# Held-out quality of every β-VAE `make demo` trained (README, "How good are the β-VAEs?").
+quality: setup
+	$(PY) bench/vae_quality.py --pipeline $(DEMO_DIR) --out runs/quality/demo
+
+# The same on real crops: Mask R-CNN on pseudo-masks, RoIAlign features, the image β-VAE, its figure.
+PBC := $(SHARED_DATA)/pbc_sample
+runs/segment-pbc/maskrcnn.ckpt: | setup
+	$(WBCVAE) segment train --source $(PBC) --out runs/segment-pbc --set data.targets=pseudo \
+	  --set "data.fractions=[0.9, 0.1, 0.0]" --set trainer.max_steps=150 --set trainer.max_time=null
+
+pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
+	$(WBCVAE) features $(PBC) --checkpoint runs/segment-pbc/maskrcnn.ckpt --store runs/features/pbc_sample
+	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_sample.yaml --wandb false
+	$(PY) bench/vae_quality.py "$(call latest,runs/image_vae_pbc)" --out runs/quality/pbc --figure docs/img/pbc_reconstructions.png
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache

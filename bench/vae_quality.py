@@ -12,6 +12,7 @@ validation split when the patient-grouped split left the test split empty):
 
     python bench/vae_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] \
         [--out runs/quality] [--figure docs/figures/reconstructions.png]
+    python bench/vae_quality.py --pipeline demo   # every β-VAE a `wbcvae pipeline` run trained
 """
 
 from __future__ import annotations
@@ -146,14 +147,35 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int) -> di
     return result
 
 
+PIPELINE_VAE_STAGES = ("image_vae", "rna_vae", "real_rna")
+
+
+def pipeline_checkpoints(folder: Path) -> list[Path]:
+    """The best checkpoint of each β-VAE stage a pipeline run finished (`<stage>/stage.json`)."""
+    found = []
+    for stage in PIPELINE_VAE_STAGES:
+        marker = folder / stage / "stage.json"
+        recorded = json.loads(marker.read_text()).get("checkpoint") if marker.is_file() else None
+        if recorded:
+            found.append(Path(recorded))
+    if not found:
+        raise SystemExit(f"error: {folder}: no finished β-VAE stage ({', '.join(PIPELINE_VAE_STAGES)}) of a `wbcvae pipeline` run")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("checkpoints", type=Path, nargs="*")
+    parser.add_argument("--pipeline", type=Path, default=None, help="a `wbcvae pipeline` output folder: add the β-VAEs it trained")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="folder for the JSON results")
     parser.add_argument("--figure", type=Path, default=None, help="reconstruction figure path (image checkpoints; one per checkpoint: -N suffix)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most (memory: the PCA yardstick)")
     args = parser.parse_args()
+    if args.pipeline is not None:
+        args.checkpoints += pipeline_checkpoints(args.pipeline)
+    if not args.checkpoints:
+        parser.error("no checkpoint given (name some, or --pipeline FOLDER)")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for n, ckpt in enumerate(args.checkpoints):
