@@ -13,7 +13,7 @@ DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality clean
+.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality readme-figures clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
@@ -88,6 +88,18 @@ pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
 	$(WBCVAE) features $(PBC) --checkpoint runs/segment-pbc/maskrcnn.ckpt --store runs/features/pbc_sample
 	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_sample.yaml --wandb false
 	$(PY) bench/vae_quality.py "$(call latest,runs/image_vae_pbc)" --out runs/quality/pbc --figure docs/img/pbc_reconstructions.png
+
+# The README's trajectory figures, from the demo's report folder.
+FIGURES := docs/img/trajectories
+readme-figures:
+	@mkdir -p $(FIGURES)
+	@run=$$(ls -td $(DEMO_DIR)/alignment/*/version_* | head -1); \
+	 for preset in granulopoiesis monocytopoiesis neutrophil_maturation; do \
+	   cp $$run/trajectories/$$preset/strip.png $(FIGURES)/$$preset-strip.png; \
+	   cp $$run/trajectories/$$preset/heatmap.png $(FIGURES)/$$preset-heatmap.png; \
+	 done; cp $$run/joint_latent.png $(FIGURES)/joint_latent.png
+	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/markers.png $(FIGURES)/vangalen-HSC_to_Mono-markers.png
+	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/heatmap.png $(FIGURES)/vangalen-HSC_to_Mono-heatmap.png
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache
