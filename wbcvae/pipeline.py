@@ -4,7 +4,8 @@
 One YAML (`experiments/pipeline/demo.yaml`) names every stage's own config, so the pipeline runs exactly
 what `make segment`, `make train-image`, … run. Each stage writes into `OUT/<stage>/` and finishes by
 writing `OUT/<stage>/stage.json` (its outputs); a rerun skips finished stages, so a killed pipeline
-resumes at the stage it was in.
+resumes at the stage it was in. A stage skipped for want of data is not marked finished, and the report
+(seconds) is rebuilt on every run.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_pipeline(config: dict[str, Any], out: str | os.PathLike | None = None) -
     run.out.mkdir(parents=True, exist_ok=True)
     for name, stage in STAGES:
         marker = run.folder(name) / "stage.json"
-        if marker.is_file():
+        if marker.is_file() and name not in ALWAYS_RUN:
             run.outputs[name] = json.loads(marker.read_text())
             print(f"[pipeline] {name}: already done ({marker})")
             continue
@@ -63,6 +64,9 @@ def run_pipeline(config: dict[str, Any], out: str | os.PathLike | None = None) -
         outputs = stage(run)
         outputs["seconds"] = round(time.perf_counter() - started, 1)
         run.outputs[name] = outputs
+        if "skipped" in outputs:  # not marked done: a rerun tries again once the data is there
+            print(f"[pipeline] {name}: skipped ({outputs['skipped']})")
+            continue
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps(outputs, indent=2, default=str))
         print(f"[pipeline] {name}: done in {outputs['seconds']} s")
@@ -253,3 +257,4 @@ STAGES: tuple[tuple[str, Callable[[Run], Outputs]], ...] = (
     ("report", _report),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
+ALWAYS_RUN = {"report"}  # seconds to build from the stages' records, and it must show every stage of this run
