@@ -17,10 +17,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import gpytorch
 import numpy as np
 import torch
 from torch import Tensor
+
+with warnings.catch_warnings():  # linear_operator decorates with torch.jit.script, deprecated in this torch
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    import gpytorch
 
 from wbcvae.errors import InputError
 
