@@ -13,7 +13,7 @@ DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality readme-figures clean
+.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality align-real readme-figures clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
@@ -22,6 +22,7 @@ help:
 	@echo "make train-image | train-rna | segment | features | align | trajectory | bench"
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on ../shared/data/pbc_sample (segment, features, train)"
+	@echo "make align-real   - align that PBC image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
 
@@ -88,6 +89,12 @@ pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
 	$(WBCVAE) features $(PBC) --checkpoint runs/segment-pbc/maskrcnn.ckpt --store runs/features/pbc_sample
 	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_sample.yaml --wandb false
 	$(PY) bench/vae_quality.py "$(call latest,runs/image_vae_pbc)" --out runs/quality/pbc --figure docs/img/pbc_reconstructions.png
+
+# Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
+align-real: setup
+	$(WBCVAE) align --config experiments/alignment/real_pbc_vangalen.yaml --no-wandb \
+	  --image-ckpt "$(call latest,runs/image_vae_pbc)" \
+	  --rna-ckpt "$$(ls -t $(DEMO_DIR)/real_rna/*/version_*/checkpoints/best-*.ckpt | head -1)" $(ARGS)
 
 # The README's trajectory figures, from the demo's report folder.
 FIGURES := docs/img/trajectories
