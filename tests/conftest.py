@@ -14,6 +14,17 @@ threadpool_limits(1, user_api="blas")
 # Likewise one torch thread: on a shared 2-core box a Mask R-CNN step took 18 s with two threads, 2.9 s with one.
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_in_every_test():
+    """Put the thread count back after each test: Lightning's launcher sets it to CPUs ÷ processes when
+    a trainer first fits (2 here), and convolutions on another thread count round differently, which
+    broke a later test's byte-for-byte comparison with a one-thread subprocess."""
+    yield
+    torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
