@@ -225,15 +225,9 @@ def _real_rna(run: Run) -> Outputs:
 
 def _trajectory_settings(values: dict[str, Any]) -> TrajectorySettings:
     """Waypoints through every listed cell type, at their centroids, unless `real_rna.trajectory` says otherwise."""
-    from dataclasses import fields
-
     from wbcvae.trajectory.run import TrajectorySettings
 
-    known = {f.name for f in fields(TrajectorySettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"unknown real_rna.trajectory setting {unknown[0]!r}; known: {sorted(known)}")
-    return TrajectorySettings(**{"waypoints": True, "anchor_mode": "centroid", **values})
+    return TrajectorySettings.from_mapping({"waypoints": True, "anchor_mode": "centroid", **values}, "real_rna.trajectory")
 
 
 def _report(run: Run) -> Outputs:

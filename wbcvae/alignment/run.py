@@ -81,10 +81,7 @@ class AlignConfig:
         if unknown:
             raise InputError(f"unknown alignment setting {unknown[0]!r}; known: {sorted(known)}")
         config = cls(**values)
-        settings = {f.name for f in fields(TrajectorySettings)}
-        wrong = sorted(set(config.trajectory) - settings)
-        if wrong:
-            raise InputError(f"unknown trajectory setting {wrong[0]!r}; known: {sorted(settings)}")
+        TrajectorySettings.from_mapping(config.trajectory)  # an unknown key fails here, before any training
         for name in ("image_ckpt", "rna_ckpt", "features", "rna"):
             if not getattr(config, name):
                 raise InputError(f"alignment setting {name!r} is required (in the YAML or as --{name.replace('_', '-')})")
@@ -152,7 +149,7 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
         tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     module, rna = build_module(config, run_dir)
     truth = _ground_truth(config, module, rna)
-    settings = TrajectorySettings(**config.trajectory)
+    settings = TrajectorySettings.from_mapping(config.trajectory)
     trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     trainer = L.Trainer(

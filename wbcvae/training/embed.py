@@ -124,8 +124,9 @@ def _rna_batches(
         raise InputError(f"the preprocessing keeps {len(fitted.genes)} genes but the model expects {plan.vae.n_genes}")
     trained = record.get("data", {}).get("hparams", {})
     # The training source is read with the training's van Galen sample selection (the same cells).
+    trained_source = record.get("data", {}).get("source")
     selection = {}
-    if str(Path(source).resolve()) == str(Path(record.get("data", {}).get("source", "")).resolve()):
+    if trained_source and Path(source).resolve() == Path(trained_source).resolve():
         selection = {"samples": trained.get("samples"), "healthy_only": bool(trained.get("healthy_only"))}
     adata = read_rna(source, cell_type_key=trained.get("cell_type_key"), unknown="skip", **selection)
     dataset = RnaDataset(adata, fitted)

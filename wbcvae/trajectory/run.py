@@ -10,13 +10,15 @@ latent has no image decoder, hence no strip and no GIF.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from wbcvae.errors import InputError
 from wbcvae.report.html import Section, write_csv
 from wbcvae.trajectory.decode import Decoder, DecodedPath, decode_path, save_gene_curves, save_gif, save_image_strip
 from wbcvae.trajectory.gp import LatentPathGP, Trajectory, class_anchors
@@ -38,6 +40,15 @@ class TrajectorySettings:
     flat_fraction: float = 0.25
     fit_iters: int = 100
     seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "trajectory") -> TrajectorySettings:
+        """Settings from a config section; an unknown key is an error that names it and `where` it was."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown {where} setting {unknown[0]!r}; known: {sorted(known)}")
+        return cls(**values)
 
 
 @dataclass
