@@ -80,7 +80,7 @@ def test_pbc_jpeg_crop_becomes_a_288_tensor_of_the_same_picture(pbc_manifest):
     rows = [0, 85, 799]
     for row in rows:
         item = dataset[row]
-        assert set(item) == {"image", "label", "index"}
+        assert set(item) == {"image", "label", "index", "readable"} and item["readable"]
         image = item["image"]
         assert image.shape == (3, 288, 288) and image.dtype == torch.float32
         assert 0.0 <= image.min() and image.max() <= 1.0
@@ -198,7 +198,7 @@ def test_crops_keep_aspect_by_cutting_the_longer_side_and_masks_follow(tmp_path)
     dataset = CropDataset(read_manifest(write_world(tmp_path)), crop_size=20)
     assert dataset.has_masks
     item = dataset[1]
-    assert set(item) == {"image", "label", "index", "mask", "nucleus"}
+    assert set(item) == {"image", "label", "index", "readable", "mask", "nucleus"}
     assert item["image"].shape == (3, 20, 20) and item["mask"].shape == item["nucleus"].shape == (1, 20, 20)
     # 40×60 → 20×30, centre 20 columns = original columns 10‥50: all green, the red and blue margins gone
     green = torch.tensor([0.0, 1.0, 0.0])[:, None, None].expand(3, 20, 18)

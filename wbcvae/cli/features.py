@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wbcvae.cli.data import add_bad_files_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     features = subparsers.add_parser(
@@ -19,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     features.add_argument("--overwrite", action="store_true", help="replace a store made with another checkpoint or source")
     features.add_argument("--unknown", choices=("skip", "fail"), default="skip", help="what to do with unmapped labels")
+    add_bad_files_argument(features)
     features.set_defaults(run=_extract)
 
 
@@ -35,4 +38,5 @@ def _extract(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
         unknown=args.unknown,
+        bad_files=args.bad_files,
     )

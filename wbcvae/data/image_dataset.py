@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wbcvae.data.datamodule import SplitDataModule
-from wbcvae.data.images import ImageManifest, load_image, load_mask, read_manifest
+from wbcvae.data.bad_files import BadFiles
+from wbcvae.data.images import ImageManifest, check_images, load_image, load_mask, read_or_record, read_manifest
 from wbcvae.errors import InputError
 from wbcvae.vocabulary import CLASS_INDEX
 
@@ -45,10 +47,18 @@ def square_crop(pixels: np.ndarray, size: int, nearest: bool = False) -> np.ndar
 
 class CropDataset(Dataset):
     """One item per manifest row: `image` float32 3×S×S in [0, 1], `label` int64, `index` int64 (the row's
-    index in the manifest it came from, kept through splits), and when every row has a mask, `mask`
-    (cell = cytoplasm + nucleus) and `nucleus`, float32 1×S×S."""
+    index in the manifest it came from, kept through splits), `readable` bool, and when every row has a
+    mask, `mask` (cell = cytoplasm + nucleus) and `nucleus`, float32 1×S×S.
 
-    def __init__(self, manifest: ImageManifest | pd.DataFrame, crop_size: int = DEFAULT_CROP_SIZE):
+    An unreadable image raises `InputError`, unless `mark_unreadable`: then its item is black with
+    `readable` False, so a long pass over the crops (feature extraction) can record it and go on; a
+    DataLoader worker cannot hand a record back any other way. Training sets drop such files up front
+    (`check_images`).
+    """
+
+    def __init__(
+        self, manifest: ImageManifest | pd.DataFrame, crop_size: int = DEFAULT_CROP_SIZE, mark_unreadable: bool = False
+    ):
         frame = manifest.frame if isinstance(manifest, ImageManifest) else manifest
         if crop_size < 1:
             raise InputError(f"crop_size must be a positive number of pixels, got {crop_size}")
@@ -63,6 +73,7 @@ class CropDataset(Dataset):
             )
         self.frame = frame
         self.crop_size = crop_size
+        self.mark_unreadable = mark_unreadable
         self.has_masks = bool(len(frame)) and bool(with_mask.all())
         self._labels = frame["label"].map(CLASS_INDEX).to_numpy(np.int64)
         self._rows = frame.index.to_numpy(np.int64)
@@ -72,12 +83,18 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         path = self.frame["path"].iat[i]
-        pixels = load_image(path)
+        pixels = read_or_record(path, BadFiles()) if self.mark_unreadable else load_image(path)
         item = {
-            "image": _image_tensor(square_crop(pixels, self.crop_size)),
             "label": torch.tensor(self._labels[i]),
             "index": torch.tensor(self._rows[i]),
+            "readable": torch.tensor(pixels is not None),
         }
+        if pixels is None:
+            side = self.crop_size
+            black = torch.zeros((1, side, side))
+            masks = {"mask": black, "nucleus": black} if self.has_masks else {}
+            return {"image": torch.zeros((3, side, side)), **item, **masks}
+        item["image"] = _image_tensor(square_crop(pixels, self.crop_size))
         if self.has_masks:
             mask_path = self.frame["mask_path"].iat[i]
             mask = load_mask(mask_path)
@@ -138,7 +155,8 @@ def split_manifest(
 
 
 class CropDataModule(SplitDataModule):
-    """Reads `source` once, splits it (`split_manifest`) and serves `CropDataset` batches per split.
+    """Reads `source` once, decodes every crop once to leave out unreadable files (`bad_files` policy,
+    see `BadFiles`), splits the rest (`split_manifest`) and serves `CropDataset` batches per split.
 
     `manifest` and `parts` (name → frame) are kept after `setup` so a run can save exactly what it saw.
     """
@@ -152,9 +170,11 @@ class CropDataModule(SplitDataModule):
         fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         seed: int = 0,
         unknown: str = "skip",
+        bad_files: str = "skip",
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.bad_files = BadFiles(bad_files)
         self.manifest: ImageManifest | None = None
         self.parts: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, CropDataset] = {}
@@ -163,6 +183,8 @@ class CropDataModule(SplitDataModule):
         if self.manifest is not None:
             return
         hp = self.hparams
-        self.manifest = read_manifest(hp.source, unknown=hp.unknown)
+        manifest = read_manifest(hp.source, unknown=hp.unknown)
+        self.manifest = replace(manifest, frame=check_images(manifest.frame, self.bad_files))
+        self.bad_files.report("unreadable image")
         self.parts = dict(zip(SPLITS, split_manifest(self.manifest.frame, hp.fractions, hp.seed)))
         self.datasets = {name: CropDataset(part, hp.crop_size) for name, part in self.parts.items()}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wbcvae.data.bad_files import BadFiles
 from wbcvae.errors import InputError, one_line
 from wbcvae.vocabulary import PBC_PREFIXES, LabelMapper, resolve
 
@@ -307,3 +308,23 @@ def _to_unit_float(pixels: np.ndarray, path: Path) -> np.ndarray:
             raise InputError(f"{path}: floating-point pixels must be finite and in [0, 1]")
         return pixels.astype(np.float32)
     raise InputError(f"{path}: unsupported pixel type {pixels.dtype} (8- or 16-bit unsigned, bool, or float in [0, 1])")
+
+
+
+def read_or_record(path: str | os.PathLike, bad_files: BadFiles) -> np.ndarray | None:
+    """`load_image(path)`, or None for an unreadable file, recorded in `bad_files` (which raises under `fail`)."""
+    try:
+        return load_image(path)
+    except InputError as err:
+        bad_files.add(path, str(err))
+        return None
+
+
+def check_images(frame: pd.DataFrame, bad_files: BadFiles, progress: bool = True) -> pd.DataFrame:
+    """Decode every crop of `frame` (its `path` column) and return the rows that read; the others go to
+    `bad_files` (or raise under `fail`). One pass over the pixels, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(frame["path"], desc="checking images", unit="crop", disable=not progress) as paths:  # closed before an error prints
+        readable = [read_or_record(path, bad_files) is not None for path in paths]
+    return frame[np.asarray(readable, dtype=bool)]

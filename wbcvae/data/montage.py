@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from wbcvae.data.images import load_image, read_manifest
+from wbcvae.data.bad_files import BadFiles
+from wbcvae.data.images import read_manifest, read_or_record
 from wbcvae.errors import InputError
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASSES
@@ -28,13 +29,16 @@ def montage(
     out_png: str | os.PathLike,
     per_class: int = 3,
     thumb: int = 112,
+    bad_files: str = "skip",
 ) -> Path:
     """Write a PNG grid: per class, `per_class` synthetic crops (spread over pseudotime) then as many real ones.
 
     `real_dir` is any image source `read_manifest` reads (the PBC sample, a folder tree, a CSV), or None
     for synthetic crops only. Classes the real source lacks get grey tiles. The PNG is stored with a
-    256-colour palette so a full grid stays near a megabyte.
+    256-colour palette so a full grid stays near a megabyte. An unreadable crop is a grey tile under
+    `bad_files="skip"` and stops the montage under `"fail"`.
     """
+    bad = BadFiles(bad_files)
     if per_class < 1 or thumb < 16:
         raise InputError(f"montage: per_class must be ≥ 1 and thumb ≥ 16 (got {per_class}, {thumb})")
     synthetic = _pick(read_manifest(world_dir).frame, per_class, spread_by="pseudotime")
@@ -51,16 +55,17 @@ def montage(
     for row, cls in enumerate(CLASSES):
         top = HEADER_HEIGHT + row * thumb
         draw.text((8, top + thumb // 2 - 9), cls.replace("_", " "), fill=INK, font=font)
-        _paste_row(sheet, synthetic.get(cls, []), LABEL_WIDTH, top, per_class, thumb)
+        _paste_row(sheet, synthetic.get(cls, []), LABEL_WIDTH, top, per_class, thumb, bad)
         if real is not None:
             left = LABEL_WIDTH + per_class * thumb + GAP
-            _paste_row(sheet, real.get(cls, []), left, top, per_class, thumb)
+            _paste_row(sheet, real.get(cls, []), left, top, per_class, thumb, bad)
             if cls not in real:
                 draw.text((left + 6, top + thumb // 2 - 9), "none in this source", fill=INK, font=font)
 
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+    bad.report("unreadable image")
     return out_png
 
 
@@ -74,11 +79,14 @@ def _pick(frame: pd.DataFrame, per_class: int, spread_by: str | None = None) -> 
     return picked
 
 
-def _paste_row(sheet: Image.Image, paths: list[str], left: int, top: int, per_class: int, thumb: int) -> None:
+def _paste_row(
+    sheet: Image.Image, paths: list[str], left: int, top: int, per_class: int, thumb: int, bad: BadFiles
+) -> None:
     for k in range(per_class):
+        pixels = read_or_record(paths[k], bad) if k < len(paths) else None
         tile = (
-            Image.fromarray(load_image(paths[k])).resize((thumb, thumb), Image.Resampling.LANCZOS)
-            if k < len(paths)
+            Image.fromarray(pixels).resize((thumb, thumb), Image.Resampling.LANCZOS)
+            if pixels is not None
             else Image.new("RGB", (thumb, thumb), EMPTY)
         )
         sheet.paste(tile, (left + k * thumb, top))

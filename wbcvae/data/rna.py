@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from wbcvae.data.bad_files import BadFiles
 from wbcvae.errors import InputError, one_line
 from wbcvae.vocabulary import CLASSES, LabelMapper
 
@@ -63,6 +64,7 @@ def read_rna(
     healthy_only: bool = False,
     unknown: str = "skip",
     lazy: bool | None = None,
+    bad_files: str = "skip",
 ) -> ad.AnnData:
     """Read any supported RNA source (see the module docstring) into the shared AnnData shape.
 
@@ -70,7 +72,8 @@ def read_rna(
     `COUNT_LOCATIONS` (default: the first holding whole numbers); `samples` / `healthy_only` pick van
     Galen samples (healthy donors are the `BM*` samples); `unknown` is the policy for cell types naming
     no class ("skip" keeps the cells unlabelled and counts them, "fail" raises); `lazy` forces (True) or
-    forbids (False) keeping an .h5ad's counts on disk (default: by file size).
+    forbids (False) keeping an .h5ad's counts on disk (default: by file size); `bad_files` is the
+    policy for van Galen sample tables that cannot be parsed or lack their pair (see `read_vangalen`).
     """
     if isinstance(source, ad.AnnData):
         return _from_anndata(source, "AnnData", cell_type_key, counts, unknown)
@@ -89,7 +92,7 @@ def read_rna(
         raise InputError(f"{path}: folder is empty (expected an .h5ad, {WORLD_RNA_NAME} or van Galen *.dem.txt.gz tables)")
     if not any(path.glob("*.dem.txt.gz")):
         raise InputError(f"{path}: no RNA source here (expected {WORLD_RNA_NAME} or van Galen *.dem.txt.gz + *.anno.txt.gz)")
-    return read_vangalen(path, samples=samples, healthy_only=healthy_only, unknown=unknown)
+    return read_vangalen(path, samples=samples, healthy_only=healthy_only, unknown=unknown, bad_files=bad_files)
 
 
 # --- .h5ad ----------------------------------------------------------------------------------------
@@ -201,15 +204,20 @@ def read_vangalen(
     samples: list[str] | tuple[str, ...] | None = None,
     healthy_only: bool = False,
     unknown: str = "skip",
+    bad_files: str = "skip",
 ) -> ad.AnnData:
     """Concatenate van Galen samples: counts (CSR int32) from `*.dem.txt.gz`, cell types from `*.anno.txt.gz`.
 
     Files pair by sample name (their GSM numbers differ). Healthy donors are the `BM*` samples; the
     patient is the sample name without its time point or sort (`AML328-D0` → `AML328`, `BM5-34p` → `BM5`).
     Extra annotation columns (`PredictionRefined`, lineage scores, …) are kept in `obs`.
+
+    A file without its pair, or a sample whose table cannot be parsed, is left out and named (a warning,
+    and `uns["wbcvae"]["bad_files"]`, one reason per file, naming it) under `bad_files="skip"`; `"fail"` stops, naming it.
     """
     folder = Path(folder)
-    tables = _vangalen_files(folder)
+    bad = BadFiles(bad_files)
+    tables = _vangalen_files(folder, bad)
     chosen = list(tables)
     if samples is not None:
         missing = [s for s in samples if s not in tables]
@@ -223,36 +231,54 @@ def read_vangalen(
     matrices, frames, genes = [], [], None
     for sample in chosen:
         dem, anno = tables[sample]
-        matrix, sample_genes, cells = _read_dem(dem)
+        try:
+            matrix, sample_genes, cells = _read_dem(dem)
+        except InputError as err:
+            bad.add(dem, str(err))
+            continue
+        try:
+            sample_obs = _read_anno(anno, cells, sample)
+        except InputError as err:
+            bad.add(anno, str(err))
+            continue
         if genes is None:
             genes, first_dem = sample_genes, dem
         elif not sample_genes.equals(genes):
             raise InputError(f"{dem}: genes differ from those of {first_dem.name}; samples must share one gene list")
-        frames.append(_read_anno(anno, cells, sample))
+        frames.append(sample_obs)
         matrices.append(matrix)
+    bad.report("unreadable or unpaired sample file", named=len(bad))
+    if not frames:
+        raise InputError(f"{folder}: no sample could be read ({'; '.join(bad.files.values())})")
     obs = pd.concat(frames)
     adata = ad.AnnData(X=sp.vstack(matrices, format="csr"), obs=obs.drop(columns="CellType"), var=pd.DataFrame(index=genes))
     _check_names(adata, str(folder))
     _check_counts(adata, adata.X, str(folder), "dem tables")
     skipped = _label_cells(adata.obs, obs["CellType"], VANGALEN_TABLES, unknown, str(folder))
-    return _finish(adata, dict(source=str(folder), reader="vangalen", counts="X", lazy=False, skipped=dict(skipped)))
+    info = dict(source=str(folder), reader="vangalen", counts="X", lazy=False, skipped=dict(skipped), bad_files=list(bad.files.values()))
+    return _finish(adata, info)
 
 
-def _vangalen_files(folder: Path) -> dict[str, tuple[Path, Path]]:
-    """sample → (dem, anno), in file-name order; a dem table without its annotation is an error."""
+def _vangalen_files(folder: Path, bad: BadFiles) -> dict[str, tuple[Path, Path]]:
+    """sample → (dem, anno), in file-name order. Files without their pair go to `bad`, all of them named
+    at once under `fail`: a folder copied in part usually misses several."""
     found: dict[str, dict[str, Path]] = {}
     for f in sorted(folder.glob("*.txt.gz")):
         match = _VANGALEN_FILE.match(f.name)
         if match:
             found.setdefault(match["sample"], {})[match["kind"]] = f
-    pairs = {}
-    for sample, kinds in found.items():
-        if "dem" not in kinds:
-            continue  # an annotation alone holds no counts
-        if "anno" not in kinds:
-            raise InputError(f"{kinds['dem']}: no matching {sample}.anno.txt.gz beside it")
-        pairs[sample] = (kinds["dem"], kinds["anno"])
-    return pairs
+    unpaired = {
+        f: f"{f}: no matching {sample}.{'anno' if kind == 'dem' else 'dem'}.txt.gz beside it"
+        for sample, kinds in found.items()
+        if len(kinds) == 1
+        for kind, f in kinds.items()
+    }
+    if unpaired and bad.policy == "fail":
+        names = ", ".join(f.name for f in unpaired)
+        raise InputError(f"{folder}: {len(unpaired)} sample file(s) without their .dem/.anno pair: {names}; pass --bad-files skip to leave them out")
+    for f, reason in unpaired.items():
+        bad.add(f, reason)
+    return {sample: (kinds["dem"], kinds["anno"]) for sample, kinds in found.items() if len(kinds) == 2}
 
 
 def _read_dem(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:

@@ -50,7 +50,7 @@ class FeatureDataset(Dataset):
 class FeatureDataModule(SplitDataModule):
     """Train/val/test batches from the store at `store_dir`, split like the crops (`split_manifest`:
     stratified by class, grouped by patient). Refuses an incomplete store: a VAE trained on half the
-    rows would look fine and be wrong."""
+    rows would look fine and be wrong. Rows whose image could not be decoded are left out."""
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class FeatureDataModule(SplitDataModule):
         missing = len(store.missing())
         if missing:
             raise InputError(f"{store.root}: {missing} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
-        parts = split_manifest(store.meta, self.hparams.fractions, self.hparams.seed)
+        meta = store.meta.iloc[store.readable_rows()]
+        parts = split_manifest(meta, self.hparams.fractions, self.hparams.seed)
         self.store = store
         self.datasets = {name: FeatureDataset(store, part["row"].to_numpy()) for name, part in zip(SPLITS, parts)}

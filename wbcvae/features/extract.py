@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 import wbcvae
 from wbcvae.data.image_dataset import CropDataset
-from wbcvae.data.images import read_manifest
+from wbcvae.data.bad_files import BadFiles
+from wbcvae.data.images import read_manifest, read_or_record
 from wbcvae.errors import InputError
-from wbcvae.features.store import ORIGINS, TARGET_SIZE, FeatureStore
+from wbcvae.features.store import ORIGINS, TARGET_SIZE, UNREADABLE, FeatureStore
 from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.segmentation.maskrcnn import central_detection, file_sha256, load_maskrcnn
 
@@ -132,14 +133,18 @@ def extract_features(
     overwrite: bool = False,
     unknown: str = "skip",
     progress: bool = True,
+    bad_files: str = "skip",
 ) -> FeatureStore:
     """Fill the store at `store_dir` with one row per crop of `source`; only rows not yet done are computed.
 
     An existing store made from another checkpoint, source or settings is refused (`overwrite`
-    replaces it), so a resumed store never mixes two models' features.
+    replaces it), so a resumed store never mixes two models' features. A crop whose image cannot be
+    decoded gets origin `unreadable` and no data under `bad_files="skip"` (listed in the provenance's
+    `unreadable`, path → reason), or stops the run naming it under `"fail"`.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    bad = BadFiles(bad_files)
     manifest = read_manifest(source, unknown=unknown)
     frame = manifest.frame.reset_index(drop=True)  # store row = manifest row = dataset position
     module = load_maskrcnn(checkpoint)
@@ -160,27 +165,43 @@ def extract_features(
         "batch_size": batch_size,
         "wbcvae_version": wbcvae.__version__,
     })
+    for path, reason in store.provenance.get("unreadable", {}).items():  # found by an earlier, interrupted run
+        bad.add(path, reason)
     missing = store.missing()
     if len(missing) == 0:
         print(f"{store.root}: complete ({len(store)} rows), nothing to do")
+        bad.report("unreadable image")
         return store
 
     target = resolve_device(device)
     extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size)
-    crops = CropDataset(frame, input_size)
+    crops = CropDataset(frame, input_size, mark_unreadable=True)
     loader = DataLoader(crops, batch_sampler=ChunkSampler(missing, batch_size), num_workers=num_workers)
     started = time.perf_counter()
     with tqdm(total=len(store), initial=len(store) - len(missing), desc="features", unit="crop", disable=not progress) as bar:
         for batch in loader:
-            rows = batch["index"].numpy()
-            out = extractor(batch["image"].to(target))
-            store.write(rows, _to_storage(out))
+            rows, unreadable = batch["index"].numpy(), ~batch["readable"].numpy()
+            values = _to_storage(extractor(batch["image"].to(target)))
+            if unreadable.any():
+                for row in rows[unreadable]:
+                    read_or_record(frame["path"].iat[row], bad)  # decoded again here for its reason; raises under "fail"
+                store.update_provenance(unreadable=bad.files)  # before the rows are marked done
+                _blank(values, unreadable)
+            store.write(rows, values)
             bar.update(len(rows))
     seconds = time.perf_counter() - started
     origin = np.asarray(store.array("origin"))
     counts = ", ".join(f"{name} {int((origin == k).sum())}" for k, name in enumerate(ORIGINS))
     print(f"{store.root}: {len(missing)} rows in {seconds:.1f} s ({len(missing) / seconds:.1f} crops/s); boxes from {counts}")
+    bad.report("unreadable image")
     return store
+
+
+def _blank(values: dict[str, np.ndarray], unreadable: np.ndarray) -> None:
+    """Zero the rows of unreadable crops in `values` and set their origin to `unreadable`."""
+    for array in values.values():
+        array[unreadable] = 0
+    values["origin"][unreadable] = UNREADABLE
 
 
 def _to_storage(out: dict[str, Tensor]) -> dict[str, np.ndarray]:

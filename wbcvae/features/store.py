@@ -7,10 +7,10 @@ Layout of a store folder:
     target.npy     uint8   N×3×T×T       the crop resized to T×T, 0–255 (the image VAE's target)
     score.npy      float32 N             detection score (0 where the detector found nothing)
     box.npy        float32 N×4           the cell's box (x1, y1, x2, y2) in input-size crop pixels
-    origin.npy     uint8   N             where the box came from: see ORIGINS
+    origin.npy     uint8   N             where the box came from: see ORIGINS ("unreadable": no data)
     done.npy       uint8   N             1 once the row's data is on disk
     meta.csv       one line per row: the manifest's columns, `row` and `index` (manifest index)
-    provenance.json  checkpoint hash, model and extraction settings, source, row count
+    provenance.json  checkpoint hash, model and extraction settings, source, row count, unreadable files
 
 Features are kept as float16 and images as uint8: half and a quarter of the float32 size, which
 matters when a VAE reads the whole store every epoch; batches come out as float32.
@@ -35,7 +35,8 @@ from wbcvae.utils.atomic import atomic_path
 
 FEATURE_SHAPE = (256, 14, 14)
 TARGET_SIZE = 128
-ORIGINS = ("detection", "pseudo_mask", "whole_crop")  # index = value in origin.npy
+ORIGINS = ("detection", "pseudo_mask", "whole_crop", "unreadable")  # index = value in origin.npy
+UNREADABLE = ORIGINS.index("unreadable")  # a crop whose image could not be decoded: done, but no data
 
 
 def array_layout(target_size: int = TARGET_SIZE) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -102,6 +103,16 @@ class FeatureStore:
     def missing(self) -> np.ndarray:
         """Rows not yet extracted, in order."""
         return np.flatnonzero(~self.done)
+
+    def readable_rows(self) -> np.ndarray:
+        """Rows whose image could be decoded, in order: the rows a model may read."""
+        return np.flatnonzero(np.asarray(self.array("origin")) != UNREADABLE)
+
+    def update_provenance(self, **entries: Any) -> None:
+        """Add or replace `entries` in provenance.json, atomically."""
+        self.provenance = {**self.provenance, **entries}
+        with atomic_path(self.root / "provenance.json") as tmp:
+            tmp.write_text(json.dumps(self.provenance, indent=2))
 
     @property
     def complete(self) -> bool:

@@ -99,13 +99,16 @@ def mask_figure(source, out, checkpoint=None, count: int = 12, seed: int = 0, co
     import matplotlib.pyplot as plt
 
     from wbcvae.data.image_dataset import CropDataset
-    from wbcvae.data.images import read_manifest
+    from wbcvae.data.bad_files import BadFiles
+    from wbcvae.data.images import check_images, read_manifest
     from wbcvae.segmentation.classical import StainSegmenter
     from wbcvae.segmentation.maskrcnn import load_maskrcnn
 
     module = load_maskrcnn(checkpoint) if checkpoint is not None else None
     size = int(module.hparams.input_size) if module is not None else 288
-    frame = spread_over_classes(read_manifest(source).frame, count, seed)
+    bad = BadFiles()  # an unreadable crop is left out of the figure, and named
+    frame = check_images(spread_over_classes(read_manifest(source).frame, count, seed), bad, progress=False)
+    bad.report("unreadable image")
     crops = CropDataset(frame, size)
     images = [crops[i]["image"] for i in range(len(crops))]
     segmenter = StainSegmenter()

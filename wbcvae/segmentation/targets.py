@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from wbcvae.data.datamodule import SplitDataModule
 from wbcvae.data.image_dataset import SPLITS, CropDataset, split_manifest
-from wbcvae.data.images import read_manifest
+from wbcvae.data.bad_files import BadFiles
+from wbcvae.data.images import check_images, read_manifest
 from wbcvae.errors import InputError
 from wbcvae.segmentation.classical import StainSegmenter
 
@@ -100,7 +101,7 @@ class SegmentationDataModule(SplitDataModule):
 
     targets: `true` uses the source's masks, `pseudo` the classical segmenter's, `auto` the first that
     exists. Crops whose pseudo-mask is empty (no nucleus found) are left out of training and counted
-    in `self.without_target`.
+    in `self.without_target`; unreadable images are left out (or stop the run) by `bad_files`.
     """
 
     collate_fn = staticmethod(collate_detection)
@@ -115,11 +116,13 @@ class SegmentationDataModule(SplitDataModule):
         fractions: tuple[float, float, float] = (0.8, 0.2, 0.0),
         seed: int = 0,
         unknown: str = "skip",
+        bad_files: str = "skip",
     ):
         super().__init__()
         if targets not in TARGET_KINDS:
             raise InputError(f"targets {targets!r} is not one of {TARGET_KINDS}")
         self.save_hyperparameters()
+        self.bad_files = BadFiles(bad_files)
         self.datasets: dict[str, SegmentationDataset] = {}
         self.target_kind = ""
         self.without_target = 0
@@ -128,7 +131,8 @@ class SegmentationDataModule(SplitDataModule):
         if self.datasets:
             return
         hp = self.hparams
-        frame = read_manifest(hp.source, unknown=hp.unknown).frame
+        frame = check_images(read_manifest(hp.source, unknown=hp.unknown).frame, self.bad_files)
+        self.bad_files.report("unreadable image")
         crops = CropDataset(frame, hp.input_size)
         if hp.targets == "true" and not crops.has_masks:
             raise InputError(f"{hp.source}: targets 'true' asked for, but this source has no masks")

@@ -167,8 +167,9 @@ def _image_batches(
     shape = store.layout["features"][1]
     if tuple(shape) != tuple(plan.vae.feature_shape):
         raise InputError(f"{store.root}: features are {'×'.join(map(str, shape))}, the model reads {'×'.join(map(str, plan.vae.feature_shape))}")
-    loader = DataLoader(FeatureDataset(store, np.arange(len(store))), batch_size=batch_size)
-    obs = store.table().drop(columns="done")
+    rows = store.readable_rows()  # crops whose image could not be decoded have no features
+    loader = DataLoader(FeatureDataset(store, rows), batch_size=batch_size)
+    obs = store.table().iloc[rows].drop(columns="done")
     obs["label"] = pd.Categorical(obs["label"], categories=list(CLASSES))
     obs.index = pd.Index(obs["row"].astype(str).to_numpy(), name=None)
     return (batch["features"] for batch in loader), obs, {"reader": "feature store", "store": store.provenance}
