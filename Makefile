@@ -7,18 +7,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WBCVAE := $(VENV)/bin/wbcvae
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+EXTRAS ?= dev
+# Reinstall when the dependencies or their locked versions change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 SHARED_DATA ?= ../shared/data
 DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality align-real readme-figures clean
+.PHONY: help setup lock test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality align-real readme-figures clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
 	@echo "make test    - set up, then run the fast test suite (make test-all adds the slow tests)"
-	@echo "make setup   - create $(VENV) and install wbcvae into it (idempotent)"
+	@echo "make setup   - create $(VENV) and install wbcvae into it at the versions in requirements.lock (idempotent)"
+	@echo "make lock    - rewrite requirements.lock from the versions installed in $(VENV) (after the tests pass)"
 	@echo "make train-image | train-rna | segment | features | align | trajectory | bench"
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on ../shared/data/pbc_sample (segment, features, train)"
@@ -29,8 +32,13 @@ setup: $(STAMP)
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing wbcvae and its dependencies into $(VENV) (first time: a few minutes)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | $(PIP_FILTER)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]' 2>&1 | $(PIP_FILTER)
 	@$(PY) -c "import wbcvae, torch, torchvision, lightning" && rm -f $(VENV)/.installed-* && touch $@
+
+# requirements.lock pins what `make setup` installs to the versions the tests passed with; pyproject.toml keeps
+# open ranges. After changing a dependency: `make setup` (or pip install -U … in $(VENV)), `make test`, `make lock`.
+lock:
+	$(PY) .ci/lock.py $(EXTRAS) > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
