@@ -64,6 +64,14 @@ def test_every_stage_finishes_and_the_report_has_its_parts(toy_run):
     assert list((report / "figures").glob("*strip.png")) and list((report / "tables").glob("*.csv"))
 
 
+def test_report_opens_with_the_headlines_and_renders_in_a_browser(toy_run):
+    from test_report import assert_renders
+
+    page = (toy_run[1] / "index.html").read_text()
+    assert page.index("Results at a glance") < page.index("Paths follow maturation") < page.index("<h2>Segmentation</h2>")
+    assert_renders(toy_run[1])  # every figure (the animated paths too) loads, no text overflows; skipped without Chromium
+
+
 def test_rerun_resumes_and_redoes_nothing(toy_run, capsys):
     out, _ = toy_run
     config = load_pipeline_config(REPO / "experiments/pipeline/demo.yaml", TOY)

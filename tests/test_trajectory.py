@@ -281,8 +281,8 @@ def test_report_folder_has_index_tables_and_json_and_appears_whole(tmp_path):
     assert "Trajectory: toy" in html and 'src="figures/01-trajectory-toy-fig.png"' in html and "<p>second.</p>" in html
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == {"alignment": {"accuracy": 0.75, "ratio": None}, "k": 4}
     assert pd.read_csv(tmp_path / "report" / "tables" / "01-trajectory-toy-kinetics.csv").shape == (2, 2)
-    with pytest.raises(FileNotFoundError):
-        write_report(tmp_path / "broken", [Section("x", figures=[tmp_path / "missing.png"])], {})
+    with pytest.raises(AttributeError):  # a crash half-way through writing (a table that is not one)
+        write_report(tmp_path / "broken", [Section("x", figures=[figure], tables={"t": None})], {})
     assert not (tmp_path / "broken").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "report"]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wbcvae.errors import InputError
-from wbcvae.report.html import to_jsonable, write_report
+from wbcvae.report.html import to_jsonable
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.utils.config import load_yaml_config
 
@@ -231,12 +231,11 @@ def _trajectory_settings(values: dict[str, Any]) -> TrajectorySettings:
 
 
 def _report(run: Run) -> Outputs:
-    """One page: what each stage made, with the figures people look at first."""
-    from wbcvae.pipeline_report import pipeline_sections
+    """One page: the headline results, then what each stage made, with the figures people look at first."""
+    from wbcvae.pipeline_report import write_pipeline_report
 
-    sections, metrics = pipeline_sections(run.outputs)
     folder = run.folder("report")
-    write_report(folder, sections, metrics, title="wbcvae pipeline report")
+    write_pipeline_report(run.outputs, folder)
     return {"folder": str(folder)}
 
 

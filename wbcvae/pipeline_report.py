@@ -1,21 +1,281 @@
-"""The pipeline's report page: one section per stage, built from what the stages left on disk.
+"""The pipeline's report page: the headline results, then one section per stage, built from what the
+stages left on disk.
 
 Stages record their outputs in `OUT/<stage>/stage.json`, so the report can be (re)built from a
-resumed run without holding anything in memory from earlier stages.
+resumed run without holding anything in memory from earlier stages. Every headline reads its
+numbers with `.get`: a stage that did not run, or a metric a later version renames, drops that line
+and leaves the number in the full table, instead of breaking the page.
 """
 
 from __future__ import annotations
 
-import json
+import fnmatch
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from wbcvae.report.html import Section
+from wbcvae.report.html import Caption, Headline, Section, write_report
 
-VAE_METRICS = ("val/loss", "val/knn_accuracy")
+# What to look for in each figure, by file name. A figure without an entry is shown with its file name.
+CAPTIONS = {
+    "world_montage.png": "Synthetic crops, one row per class. Look for maturation down the granulocytic rows: "
+    "the nucleus goes from round (myeloblast) to kidney-shaped, banded and segmented, the cytoplasm from blue to pink.",
+    "masks.png": "Held-out crops with the classical pseudo-mask (green) and Mask R-CNN's mask (yellow). Look for "
+    "yellow outlines that hug the white cell and leave the red cells around it out.",
+    "latent_map_epoch*.png": "Validation cells in the latent space (2-D map), coloured by class. Look for each class "
+    "forming its own group, and the maturation stages of a lineage lying next to each other in order.",
+    "reconstruction_grid_epoch*.png": "Validation crops (top) and what the image β-VAE makes of them (bottom rows). "
+    "Look for the nucleus shape and the colours coming back; fine texture blurs at this scale.",
+    "reconstruction_gene_sets_epoch*.png": "Reconstruction error of the RNA β-VAE per gene set (lineage : kinetic). "
+    "Look for no set far above the others: that would be a programme the model ignores.",
+    "joint_latent.png": "Image latents (held-out crops, fine-tuned encoder) and the frozen RNA latents, by class "
+    "(left) and by modality (right). Look for image points landing on the RNA cells of their own class.",
+    "strip.png": "The decoded cell along the path (top) and its pixel spread over paths drawn from the GP posterior "
+    "(bottom). Look for a gradual change of nucleus size, shape and shade from the first stage to the last; bright "
+    "spread marks where the path is uncertain.",
+    "path.gif": "The same path, animated: one decoded cell per step from the first stage to the last.",
+    "heatmap.png": "Z-normalised decoded expression of each k-Shape cluster's top genes along the path. Look for "
+    "blocks that rise, fall or peak mid-way: each block is one kinetic programme.",
+    "markers.png": "Known markers' decoded expression along the path, shaded ±2 sd over posterior paths. Look for "
+    "each marker moving the way biology expects (the section's text lists expected and found shapes).",
+}
+
+# The full metric table at the end of the page: a title for each group (a top-level key of metrics.json),
+# and metric key segments in words.
+METRIC_GROUPS = {
+    "seconds": "Seconds per stage",
+    "segmentation": "Segmentation (Mask R-CNN)",
+    "vae": "β-VAEs (last validation epoch)",
+    "alignment": "Joint latent space",
+    "trajectory": "Trajectories (synthetic ground truth)",
+    "real_rna": "Real RNA (van Galen)",
+}
+METRIC_LABELS = {
+    "image_vae": "image β-VAE",
+    "rna_vae": "RNA β-VAE",
+    "real_rna_vae": "real RNA β-VAE",
+    "pairs_without_rna": "classes without RNA",
+    "val": "validation",
+    "knn5_acc": "kNN accuracy (k = 5)",
+    "recon_mse": "reconstruction MSE",
+    "features_mse": "feature MSE",
+    "image_mse": "image MSE",
+    "expression_mse": "expression MSE",
+    "atlas_cosine": "cosine to the atlas embedding",
+    "kl": "KL divergence",
+    "val_iou_cell": "validation IoU of the cell",
+    "val_detected": "share of validation crops with a cell found",
+    "crops_without_target": "crops without a target mask",
+    "train_seconds": "training seconds",
+    "nearest_centroid_accuracy": "image cells nearest their class' RNA centroid",
+    "chance_accuracy": "chance level of that (1 / classes)",
+    "centroid_distance_ratio": "centroid distance, image→RNA over between classes",
+    "mixing_entropy": "modality mixing entropy (1 = mixed)",
+    "modality_silhouette": "modality silhouette",
+    "lengthscale": "GP lengthscale",
+    "k_used": "k-Shape clusters",
+    "mean_path_sd": "mean sd of the path",
+    "pseudotime_spearman": "Spearman: path position vs true pseudotime",
+    "ari_clusters": "ARI: clusters vs true kinetics",
+    "ari_shapes": "ARI: shape names vs true kinetics",
+    "shape_accuracy": "genes with the right shape (by cluster name)",
+    "curve_shape_accuracy": "genes with the right shape (own curve)",
+    "genes_compared": "genes compared",
+    "markers_agree": "known markers as expected",
+    "markers_compared": "known markers compared",
+    "marker_shapes": "marker shape",
+}
+
+
+def write_pipeline_report(outputs: dict[str, dict[str, Any]], folder: Path) -> Path:
+    """The report folder for the whole run; returns its `index.html`."""
+    sections, metrics = pipeline_sections(outputs)
+    return write_results_page(sections, metrics, folder)
+
+
+def write_results_page(sections: Sequence[Section], metrics: Mapping[str, Any], folder: Path) -> Path:
+    """The pipeline's page for any sections and metrics: captions filled in, headlines on top, metrics in words."""
+    sections = [captioned(section) for section in sections]
+    return write_report(
+        folder,
+        sections,
+        metrics,
+        title="wbcvae pipeline report",
+        headlines=headlines(metrics, sections),
+        labels=METRIC_LABELS,
+        group_titles=METRIC_GROUPS,
+    )
+
+
+def captioned(section: Section) -> Section:
+    """The section with a caption on every figure that has none (looked up in `CAPTIONS` by file name)."""
+    figures = []
+    for figure in section.figures:
+        path = Path(figure.path if isinstance(figure, Caption) else figure)
+        text = figure.text if isinstance(figure, Caption) else ""
+        figures.append(Caption(path, text or _caption(path.name)))
+    return Section(section.title, section.text, figures, section.tables)
+
+
+def _caption(name: str) -> str:
+    return next((text for pattern, text in CAPTIONS.items() if fnmatch.fnmatch(name, pattern)), "")
+
+
+# --- headlines -----------------------------------------------------------------------------------
+
+
+def headlines(metrics: Mapping[str, Any], sections: Sequence[Section] = ()) -> list[Headline]:
+    """The results a reader looks for first, each beside its baseline, from whatever the run measured."""
+    trajectories = {k.partition("/")[2]: v for k, v in metrics.items() if k.startswith("trajectory/") and isinstance(v, dict)}
+    found = [
+        _alignment_headline(metrics.get("alignment") or {}),
+        _pseudotime_headline(trajectories),
+        _kinetics_headline(trajectories),
+        _synthetic_markers_headline(sections),
+        _real_markers_headline(metrics.get("real_rna") or {}),
+        _segmentation_headline(metrics.get("segmentation") or {}),
+    ]
+    return [h for h in found if h is not None]
+
+
+def _alignment_headline(alignment: Mapping[str, Any]) -> Headline | None:
+    accuracy, chance = alignment.get("nearest_centroid_accuracy"), alignment.get("chance_accuracy")
+    if accuracy is None or not chance:
+        return None
+    if accuracy >= 3 * chance:
+        reading = "well above chance: images land near the RNA cells of their own class"
+    elif accuracy >= 1.5 * chance:
+        reading = "above chance, but many images sit nearer another class (fine-tune longer: alignment.max_epochs)"
+    else:
+        reading = "about chance: the two modalities are not aligned yet"
+    return Headline(
+        "Modalities aligned: held-out image cells nearest to their own class' RNA centroid",
+        _pct(accuracy),
+        f"chance {_pct(chance)} (1 of {round(1 / chance)} classes)",
+        reading,
+    )
+
+
+def _pseudotime_headline(trajectories: Mapping[str, Mapping[str, Any]]) -> Headline | None:
+    scores = {name: m["pseudotime_spearman"] for name, m in trajectories.items() if m.get("pseudotime_spearman") is not None}
+    if not scores:
+        return None
+    worst = min(scores, key=scores.get)
+    if scores[worst] >= 0.9:
+        reading = "every path walks its lineage in the order of maturation"
+    elif scores[worst] >= 0.5:
+        reading = "the paths follow maturation, with some disorder"
+    else:
+        reading = f"{_name(worst)} does not follow maturation"
+    return Headline(
+        "Paths follow maturation: Spearman between position on the path and true pseudotime",
+        "\n".join(f"{_name(n)} {s:.2f}" for n, s in scores.items()),
+        "0: order unrelated to maturation; 1: perfect order",
+        reading,
+    )
+
+
+def _kinetics_headline(trajectories: Mapping[str, Mapping[str, Any]]) -> Headline | None:
+    scored = {name: m for name, m in trajectories.items() if m.get("ari_clusters") is not None}
+    if not scored:
+        return None
+    parts = []
+    for name, m in scored.items():
+        part = f"{_name(name)} {m['ari_clusters']:.2f}"
+        if m.get("shape_accuracy") is not None:
+            part += f" ({_pct(m['shape_accuracy'])} of {m.get('genes_compared', '?')})"
+        parts.append(part)
+    mean = sum(m["ari_clusters"] for m in scored.values()) / len(scored)
+    if mean >= 0.5:
+        reading = "the clusters recover the true up/down/transient/flat kinetics"
+    elif mean >= 0.2:
+        reading = "the clusters partly recover the true kinetics"
+    else:
+        reading = "the clusters are no better than chance"
+    unscored = [_name(n) for n, m in trajectories.items() if n not in scored and m.get("pseudotime_spearman") is not None]
+    if unscored:
+        reading += f" ({', '.join(unscored)}: not scored, the path walks only part of its lineage)"
+    return Headline(
+        "Gene clusters match true kinetics: ARI of k-Shape clusters vs true kinetics (genes whose shape is right)",
+        "\n".join(parts),
+        "ARI 0: chance, 1: the true grouping; a random shape is right for 25\u00a0% of genes",
+        reading,
+    )
+
+
+def _synthetic_markers_headline(sections: Sequence[Section]) -> Headline | None:
+    counts = {}
+    for section in sections:
+        markers = section.tables.get("markers")
+        if section.title.startswith("Trajectory:") and markers is not None and "agrees" in markers and len(markers):
+            counts[section.title.partition(":")[2].strip()] = (int(markers["agrees"].astype(bool).sum()), len(markers))
+    if not counts:
+        return None
+    agree, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    return Headline(
+        "Known markers on the synthetic paths going the expected way (up, down, transient)",
+        f"{agree} of {total}\n" + "\n".join(f"{_name(n)} {a} of {t}" for n, (a, t) in counts.items()),
+        f"a random shape (up, down, transient, flat) matches 1 in 4: {total / 4:.1f} of {total}",
+        _marker_reading(agree, total),
+    )
+
+
+def _real_markers_headline(real: Mapping[str, Any]) -> Headline | None:
+    title = "Known markers on real marrow RNA (van Galen) going the expected way"
+    if "skipped" in real:
+        return Headline(title, "not run", "–", f"skipped: {real['skipped']}")
+    agree, total = real.get("markers_agree"), real.get("markers_compared")
+    if not total:
+        return None
+    by_shape: dict[str, list[str]] = {}
+    for gene, shape in (real.get("marker_shapes") or {}).items():
+        by_shape.setdefault(shape, []).append(gene)
+    shapes = "; ".join(f"{', '.join(genes)} {shape}" for shape, genes in by_shape.items())
+    return Headline(
+        title,
+        f"{agree} of {total}",
+        f"a random shape (up, down, transient, flat) matches 1 in 4: {total / 4:.1f} of {total}",
+        _marker_reading(agree, total) + (f": {shapes}" if shapes else ""),
+    )
+
+
+def _marker_reading(agree: int, total: int) -> str:
+    if agree >= 0.8 * total:
+        return "the known markers rise and fall as biology expects"
+    if agree >= 0.5 * total:
+        return "most known markers move as biology expects"
+    return "most known markers do not move as biology expects (at this training scale)"
+
+
+def _segmentation_headline(quality: Mapping[str, Any]) -> Headline | None:
+    iou = quality.get("val_iou_cell")
+    if iou is None:
+        return None
+    value = f"{iou:.2f}"
+    if quality.get("val_detected") is not None:
+        value += f" (a cell found in {_pct(quality['val_detected'])} of crops)"
+    if iou >= 0.8:
+        reading = "the masks outline the cells"
+    elif iou >= 0.5:
+        reading = "rough masks: the features see part of the background"
+    else:
+        reading = "the masks miss the cells (train longer: segmentation.set.trainer.max_steps)"
+    result = "Cells segmented: IoU of Mask R-CNN's mask with the true cell, held-out crops"
+    return Headline(result, value, "0: no overlap; 1: the exact outline", reading)
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.0f}\u00a0%"  # a no-break space: the number and its % stay on one line
+
+
+def _name(key: str) -> str:
+    return key.replace("_", " ")
+
+
+# --- sections ------------------------------------------------------------------------------------
 
 
 def save_sections(sections: list[Section], folder: Path) -> list[dict[str, Any]]:
@@ -28,13 +288,19 @@ def save_sections(sections: list[Section], folder: Path) -> list[dict[str, Any]]
             path = folder / f"{number:02d}-{re.sub(r'[^a-z0-9]+', '-', name.lower())}.csv"
             table.to_csv(path, index=False)
             tables[name] = str(path)
-        records.append({"title": section.title, "text": section.text, "figures": [str(f) for f in section.figures], "tables": tables})
+        figures = [{"path": str(f.path), "caption": f.text} if isinstance(f, Caption) else str(f) for f in section.figures]
+        records.append({"title": section.title, "text": section.text, "figures": figures, "tables": tables})
     return records
 
 
 def load_sections(records: list[dict[str, Any]]) -> list[Section]:
     return [
-        Section(r["title"], r["text"], r["figures"], {name: pd.read_csv(path) for name, path in r["tables"].items()})
+        Section(
+            r["title"],
+            r["text"],
+            [Caption(f["path"], f.get("caption", "")) if isinstance(f, dict) else f for f in r["figures"]],
+            {name: pd.read_csv(path) for name, path in r["tables"].items()},
+        )
         for r in records
     ]
 
@@ -73,10 +339,11 @@ def _segmentation_section(segmentation: dict[str, Any], folder: Path, world: dic
     figure = folder / "masks.png"
     mask_figure(world["images"], figure, checkpoint=segmentation["checkpoint"], count=12)
     quality = segmentation["quality"]
+    init = quality.get("init")
     text = (
-        f"Mask R-CNN ({quality.get('init')}) trained for {quality.get('steps')} steps on {quality.get('targets')} masks: "
-        f"validation IoU of the cell {quality.get('val_iou_cell')}. Outlines: classical pseudo-mask (green), "
-        "Mask R-CNN (yellow)."
+        f"Mask R-CNN ({init.get('init') if isinstance(init, dict) else init} init) trained for {quality.get('steps')} "
+        f"steps on {quality.get('targets')} masks: validation IoU of the cell {quality.get('val_iou_cell')}. "
+        "Its masks decide which pixels the RoIAlign features (and so the image β-VAE) see."
     )
     return Section("Segmentation", text, [figure])
 
@@ -103,7 +370,7 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     section = Section(
         f"Real RNA: van Galen healthy marrow, {path[0]} → {path[-1]}",
         "\n\n".join(lines),
-        [files["heatmap"], files["markers_plot"]],
+        [files[key] for key in ("heatmap", "markers_plot") if key in files],
         tables | {"clusters": pd.read_csv(files["clusters"])},
     )
     agreement = {
@@ -115,18 +382,29 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
 
 
 def _vae_section(outputs: dict[str, dict[str, Any]]) -> tuple[Section, dict[str, Any]]:
-    rows, figures = [], []
-    for stage in ("image_vae", "rna_vae"):
+    """Each β-VAE's last validation numbers and newest figures; the per-gene-set errors go to the full table."""
+    last, figures = {}, []
+    for stage, model in (("image_vae", "Image β-VAE"), ("rna_vae", "RNA β-VAE")):
         run_dir = Path(outputs[stage]["checkpoint"]).parent.parent
-        row = {"model": stage}
+        last[stage] = {}
         metrics_csv = run_dir / "metrics.csv"
         if metrics_csv.is_file():
             frame = pd.read_csv(metrics_csv)
             for column in frame.columns:
                 if column.startswith("val/") and frame[column].notna().any():
-                    row[column] = float(frame[column].dropna().iloc[-1])
-        rows.append(row)
-        figures += sorted((run_dir / "figures").glob("*.png"))[-2:]
-    table = pd.DataFrame(rows)
+                    last[stage][column] = float(frame[column].dropna().iloc[-1])
+        figures += [Caption(path, f"{model}. {_caption(path.name)}".strip()) for path in _last_epoch_figures(run_dir / "figures")]
+    names = list(dict.fromkeys(k for values in last.values() for k in values if k.count("/") == 1))
+    table = pd.DataFrame({"metric": [METRIC_LABELS.get(n[4:], n[4:].replace("_", " ")) for n in names]})
+    for stage, values in last.items():
+        table[METRIC_LABELS[stage]] = [values.get(n) for n in names]
     text = "Last validation metrics of each β-VAE (latent kNN accuracy with k = 5 on held-out cells)."
-    return Section("The two β-VAEs", text, figures, {"validation metrics": table}), {r["model"]: r for r in rows}
+    return Section("The two β-VAEs", text, figures, {"validation metrics": table}), last
+
+
+def _last_epoch_figures(folder: Path) -> list[Path]:
+    """The newest of each kind of figure a training run drew (`latent_map_epoch014.png`, …)."""
+    latest: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.png")):
+        latest[re.sub(r"_epoch\d+$", "", path.stem)] = path
+    return list(latest.values())
