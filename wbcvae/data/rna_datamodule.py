@@ -2,8 +2,9 @@
 `LightningDataModule` that reads a source, splits it stratified by class and fits the preprocessing
 on the training cells only.
 
-A batch is a dict: `x` float32 B×G in [0, 1], `z_atlas` float32 B×50, `label` int64 (−1 when the
-cell type names no class), `index` int64 (row in the AnnData). Loaders hand the dataset a whole
+A batch is a dict: `x` float32 B×G in [0, 1], `z_atlas` float32 B×50, `counts` float32 B×G (raw
+counts of the kept genes) and `library` float32 B×1 (each cell's total count over all genes) for a
+count likelihood, `label` int64 (−1 when the cell type names no class), `index` int64 (row in the AnnData). Loaders hand the dataset a whole
 list of rows at a time (`__getitems__`), so a lazy .h5ad is read one batch per disk access and peak
 memory is set by the batch size, not the number of cells.
 """
@@ -47,10 +48,12 @@ class RnaDataset(Dataset):
 
     def __getitem__(self, item: int | Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.rows[np.atleast_1d(np.asarray(item, dtype=np.int64))]
-        x, z_atlas = self.preprocessor.transform(self.adata, rows)
+        x, z_atlas, counts, library = self.preprocessor.transform_with_counts(self.adata, rows)
         batch = {
             "x": torch.from_numpy(x),
             "z_atlas": torch.from_numpy(z_atlas),
+            "counts": torch.from_numpy(counts),
+            "library": torch.from_numpy(library),
             "label": torch.from_numpy(self.labels[rows]),
             "index": torch.from_numpy(rows),
         }

@@ -4,13 +4,16 @@ genes, min-max scaling to [0, 1]; plus the atlas embedding `z_atlas` the latent 
 `RnaPreprocessor` is fitted once (on the training cells), saved as JSON and applied to any later data
 identically: same genes in the same order, same per-gene minimum and maximum, same projection.
 
-Fitting streams over cells in chunks of `chunk_size`, so a lazy (on-disk) AnnData is never loaded
-whole: one pass gathers per-gene moments of the normalised counts (for the gene choice), a second
-the per-gene minimum/maximum of the log values (and, when PCA is needed, their covariance).
+Gene choice is scanpy's `highly_variable_genes(flavor="seurat_v3")` on the raw counts, batch-aware
+across `obs["sample"]` (each sample's genes ranked by their variance standardised against a loess fit
+of variance on mean, ranks combined as Seurat v3's SelectIntegrationFeatures). In-memory data go
+through scanpy itself; a lazy (on-disk) AnnData through `streamed_seurat_v3`, the same computation
+from per-sample moments gathered over chunks of `chunk_size` cells (a test checks both choose the
+same genes). Marker genes (a lineage's known markers) always take a place among the `n_top_genes`;
+markers the data lack are recorded in `markers_absent` (saved), so a report can say so.
 
-Gene choice follows scanpy's `highly_variable_genes(flavor="seurat")` on `target_sum`-normalised,
-log1p data (dispersion of the normalised counts, z-scored within 20 bins of mean expression),
-computed from streamed moments. User marker genes always take a place among the `n_top_genes`.
+A second streamed pass gathers the per-gene minimum/maximum of the log values (and, when PCA is
+needed, their covariance); a lazy AnnData is never loaded whole.
 
 `z_atlas`, by `atlas`:
 - "obsm": `obsm[atlas_key]` (Tabula Sapiens' scVI embedding). Used as is when it is `latent_dim`
@@ -28,7 +31,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -40,14 +43,14 @@ from tqdm.auto import tqdm
 
 from wbcvae import LATENT_DIM
 from wbcvae.data.rna import read_count_rows
-from wbcvae.errors import InputError
+from wbcvae.errors import InputError, one_line
 from wbcvae.utils.atomic import atomic_path
 
 DEFAULT_N_TOP_GENES = 2432  # as the study
 ATLAS_METHODS = ("auto", "obsm", "pca", "scvi")
 FORMAT = "wbcvae.RnaPreprocessor"
 FORMAT_VERSION = 1
-N_MEAN_BINS = 20  # scanpy's default for the seurat flavour
+LOESS_SPANS = (0.3, 0.5, 0.7, 1.0)  # scanpy's default first; a wider one when loess is singular (small samples)
 
 
 class RnaPreprocessor:
@@ -63,6 +66,7 @@ class RnaPreprocessor:
         atlas: str = "auto",
         target_sum: float = 1e4,
         chunk_size: int = 4096,
+        batch_key: str = "sample",
     ):
         if atlas not in ATLAS_METHODS:
             raise InputError(f"atlas must be one of {ATLAS_METHODS}, got {atlas!r}")
@@ -70,11 +74,13 @@ class RnaPreprocessor:
             raise InputError("n_top_genes, latent_dim and chunk_size must be positive")
         self.n_top_genes, self.markers, self.latent_dim = int(n_top_genes), list(dict.fromkeys(markers)), int(latent_dim)
         self.atlas_key, self.atlas, self.target_sum, self.chunk_size = atlas_key, atlas, float(target_sum), int(chunk_size)
+        self.batch_key = batch_key
         self._forget()
 
     def _forget(self) -> None:
         """Fitted state: the kept genes, their log-value range, and how z_atlas is made."""
         self.genes: list[str] = []
+        self.markers_absent: list[str] = []  # markers asked for that the data do not have
         self.gene_min = self.gene_max = np.zeros(0)
         self.atlas_method = ""  # "obsm", "pca" or "scvi" once fitted
         self.embedding_dim = 0  # width of obsm[atlas_key] when atlas_method == "obsm"
@@ -88,11 +94,18 @@ class RnaPreprocessor:
         return dict(
             n_top_genes=self.n_top_genes, markers=self.markers, latent_dim=self.latent_dim,
             atlas_key=self.atlas_key, atlas=self.atlas, target_sum=self.target_sum, chunk_size=self.chunk_size,
+            batch_key=self.batch_key,
         )  # fmt: skip
 
     @property
     def is_fitted(self) -> bool:
         return bool(self.genes)
+
+    @property
+    def gene_span(self) -> np.ndarray:
+        """Per-gene maximum − minimum of the fitted log expression (1 for a gene constant in training)."""
+        span = self.gene_max - self.gene_min
+        return np.where(span > 0, span, 1.0)
 
     # --- fitting ---------------------------------------------------------------------------------
 
@@ -101,10 +114,8 @@ class RnaPreprocessor:
         rows = np.arange(adata.n_obs) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if len(rows) < 2:
             raise InputError(f"{_where(adata)}: need at least 2 cells to fit the RNA preprocessing, got {len(rows)}")
-        missing = [g for g in self.markers if g not in adata.var_names]
-        if missing:
-            raise InputError(f"{_where(adata)}: marker gene {missing[0]!r} is not among its genes")
         self._forget()
+        self.markers_absent = [g for g in self.markers if g not in adata.var_names]
         self.atlas_method = self._atlas_method(adata)
         self.genes = self._choose_genes(adata, rows)
         columns = adata.var_names.get_indexer(self.genes)
@@ -113,7 +124,7 @@ class RnaPreprocessor:
             stats.add(self._log_expression(block, columns))
         self.gene_min, self.gene_max = stats.low, stats.high
         if self.atlas_method == "pca":
-            self._set_pca(*stats.mean_cov(), shift=self.gene_min, span=self._span())
+            self._set_pca(*stats.mean_cov(), shift=self.gene_min, span=self.gene_span)
         elif self.atlas_method == "obsm":
             self._fit_embedding_projection(adata, rows)
         else:
@@ -137,23 +148,33 @@ class RnaPreprocessor:
         return method
 
     def _choose_genes(self, adata: ad.AnnData, rows: np.ndarray) -> list[str]:
-        """Markers first, then the most dispersed genes until `n_top_genes`; kept in the data's gene order."""
+        """The markers present, then the most variable genes (seurat_v3) until `n_top_genes`; in the data's gene order."""
         if adata.n_vars <= self.n_top_genes:
             return list(map(str, adata.var_names))
-        total = np.zeros(adata.n_vars)
-        total_sq = np.zeros(adata.n_vars)
-        for block in self._blocks(adata, rows, "RNA preprocessing: highly variable genes"):
-            normalised = self._normalise(block)
-            total += np.asarray(normalised.sum(axis=0)).ravel()
-            total_sq += np.asarray(normalised.multiply(normalised).sum(axis=0)).ravel()
-        n = len(rows)
-        mean = total / n
-        var = (total_sq - n * mean**2) / (n - 1)
-        score = np.nan_to_num(seurat_dispersion(mean, var), nan=-np.inf)
+        batches = self._batches(adata, rows)
+        if isinstance(adata.X, ad.abc.CSRDataset):
+            blocks = lambda: self._blocks(adata, rows, "RNA preprocessing: highly variable genes")  # noqa: E731
+            rank = lambda span: streamed_seurat_v3(blocks, batches, adata.n_vars, self.n_top_genes, span)  # noqa: E731
+        else:
+            counts = read_count_rows(adata, rows)
+            rank = lambda span: scanpy_seurat_v3(counts, batches, self.n_top_genes, span)  # noqa: E731
+        for span in LOESS_SPANS:
+            try:
+                order = seurat_v3_order(rank(span))
+                break
+            except ValueError as err:  # skmisc's loess: singular fit
+                if span == LOESS_SPANS[-1]:
+                    raise InputError(f"{_where(adata)}: highly variable genes: loess fit failed ({one_line(err)})") from err
         is_marker = adata.var_names.isin(self.markers)
-        score[is_marker] = np.inf
-        keep = np.sort(np.argsort(-score, kind="stable")[: max(self.n_top_genes, len(self.markers))])
+        others = order[~is_marker[order]][: max(self.n_top_genes - is_marker.sum(), 0)]
+        keep = np.sort(np.r_[np.flatnonzero(is_marker), others])
         return list(map(str, adata.var_names[keep]))
+
+    def _batches(self, adata: ad.AnnData, rows: np.ndarray) -> np.ndarray:
+        """The batch (sample) of each cell at `rows`; one batch when the data name none or only one."""
+        if self.batch_key not in adata.obs:
+            return np.zeros(len(rows), dtype=object)
+        return adata.obs[self.batch_key].astype(str).to_numpy()[rows]
 
     def _fit_embedding_projection(self, adata: ad.AnnData, rows: np.ndarray) -> None:
         embedding = _embedding(adata, self.atlas_key, rows).astype(np.float64)
@@ -192,18 +213,29 @@ class RnaPreprocessor:
 
         Values beyond the fitted range are clipped to [0, 1], the range the decoder can produce.
         """
+        x, z, _, _ = self.transform_with_counts(adata, rows)
+        return x, z
+
+    def transform_with_counts(self, adata: ad.AnnData, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, ...]:
+        """`(x, z_atlas, counts, library)`: `transform`'s two, the kept genes' raw counts (cells × genes)
+        and each cell's total count over all its genes (cells × 1), all float32: what a count likelihood needs."""
         if not self.is_fitted:
             raise InputError("the RNA preprocessor is not fitted: call fit() or load a saved one")
         rows = np.arange(adata.n_obs)[rows if rows is not None else slice(None)]
         columns = self._columns_in(adata)
         x = np.empty((len(rows), len(self.genes)), dtype=np.float32)
         z = np.empty((len(rows), self.latent_dim), dtype=np.float32)
+        kept = np.empty((len(rows), len(self.genes)), dtype=np.float32)
+        library = np.empty((len(rows), 1), dtype=np.float32)
         for start in range(0, len(rows), self.chunk_size):
             part = slice(start, start + self.chunk_size)
             counts = read_count_rows(adata, rows[part])
-            x[part] = np.clip((self._log_expression(counts, columns) - self.gene_min) / self._span(), 0.0, 1.0)
+            library[part, 0] = np.asarray(counts.sum(axis=1)).ravel()
+            kept[part] = counts[:, columns].toarray()
+            log_expression = np.log1p(kept[part] * self._scale(library[part]))  # as `_log_expression`, on the kept genes only
+            x[part] = np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0)
             z[part] = self._atlas_embedding(adata, rows[part], x[part], counts, columns)
-        return x, z
+        return x, z, kept, library
 
     def _atlas_embedding(self, adata: ad.AnnData, rows: np.ndarray, x: np.ndarray, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
         if self.atlas_method == "scvi":
@@ -231,18 +263,17 @@ class RnaPreprocessor:
 
     # --- shared steps ----------------------------------------------------------------------------
 
+    def _scale(self, library: np.ndarray) -> np.ndarray:
+        """Per cell, the factor that brings its `library` (total count over all genes) to `target_sum` (0 for an empty cell)."""
+        library = np.asarray(library, dtype=np.float64)
+        return np.divide(self.target_sum, library, out=np.zeros_like(library), where=library > 0)
+
     def _normalise(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         """Each cell scaled to `target_sum` counts over all its genes (empty cells stay zero)."""
-        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        scale = np.divide(self.target_sum, library, out=np.zeros_like(library), where=library > 0)
-        return sp.csr_matrix(sp.diags(scale) @ counts)
+        return sp.csr_matrix(sp.diags(self._scale(np.asarray(counts.sum(axis=1)).ravel())) @ counts)
 
     def _log_expression(self, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
         return np.log1p(self._normalise(counts)[:, columns].toarray())
-
-    def _span(self) -> np.ndarray:
-        span = self.gene_max - self.gene_min
-        return np.where(span > 0, span, 1.0)  # a gene constant in training maps to 0
 
     def _blocks(self, adata: ad.AnnData, rows: np.ndarray, what: str) -> Iterator[sp.csr_matrix]:
         starts = range(0, len(rows), self.chunk_size)
@@ -271,7 +302,7 @@ class RnaPreprocessor:
             raise InputError("the RNA preprocessor is not fitted: nothing to save")
         path = Path(path)
         state = dict(
-            format=FORMAT, version=FORMAT_VERSION, settings=self.settings, genes=self.genes,
+            format=FORMAT, version=FORMAT_VERSION, settings=self.settings, genes=self.genes, markers_absent=self.markers_absent,
             gene_min=self.gene_min.tolist(), gene_max=self.gene_max.tolist(),
             atlas_method=self.atlas_method, embedding_dim=self.embedding_dim,
             projection_mean=None if self.projection_mean is None else self.projection_mean.tolist(),
@@ -297,6 +328,7 @@ class RnaPreprocessor:
             raise InputError(f"{path}: not a saved RNA preprocessor (format {FORMAT} version {FORMAT_VERSION})")
         self = cls(**state["settings"])
         self.genes = state["genes"]
+        self.markers_absent = state.get("markers_absent", [])  # absent from files saved before it was recorded
         self.gene_min, self.gene_max = np.asarray(state["gene_min"]), np.asarray(state["gene_max"])
         self.atlas_method, self.embedding_dim = state["atlas_method"], state["embedding_dim"]
         if state["projection_mean"] is not None:
@@ -326,19 +358,69 @@ class _LogStats:
         return mean, (self.cross - self.n * np.outer(mean, mean)) / (self.n - 1)
 
 
-def seurat_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = N_MEAN_BINS) -> np.ndarray:
-    """Normalised dispersion per gene as scanpy's seurat flavour: log(var/mean) of normalised counts,
-    z-scored within `n_bins` equal-width bins of log1p(mean); NaN for genes with no variance."""
-    mean = np.where(mean == 0, 1e-12, mean)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dispersion = np.log(np.where(var == 0, np.nan, var / mean))
-    frame = pd.DataFrame({"dispersion": dispersion, "bin": pd.cut(np.log1p(mean), bins=n_bins)})
-    grouped = frame.groupby("bin", observed=False)["dispersion"]
-    bin_mean, bin_std = grouped.transform("mean"), grouped.transform("std")
-    single = bin_std.isna()  # a bin holding one gene: scanpy scores it 1 (dispersion / itself)
-    bin_std = bin_std.where(~single, bin_mean)
-    bin_mean = bin_mean.where(~single, 0.0)
-    return ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
+def scanpy_seurat_v3(counts: sp.csr_matrix, batches: np.ndarray, n_top_genes: int, span: float = LOESS_SPANS[0]) -> pd.DataFrame:
+    """scanpy's seurat_v3 ranking of in-memory counts (cells × genes): columns `highly_variable_rank`
+    (median rank over batches among the top `n_top_genes`, NaN beyond) and `highly_variable_nbatches`."""
+    import scanpy as sc
+
+    cells = ad.AnnData(X=counts, obs=pd.DataFrame({"batch": pd.Categorical(batches)}, index=np.arange(len(batches)).astype(str)))
+    return sc.pp.highly_variable_genes(cells, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key="batch", span=span, inplace=False)
+
+
+def streamed_seurat_v3(
+    blocks: Callable[[], Iterable[sp.csr_matrix]], batches: np.ndarray, n_genes: int, n_top_genes: int, span: float = LOESS_SPANS[0]
+) -> pd.DataFrame:
+    """`scanpy_seurat_v3` from the counts' row blocks, read twice (`blocks()` starts a fresh pass over
+    them, in the order of `batches`), holding only per-batch moments.
+
+    Per batch, as scanpy: a loess fit of log10 variance on log10 mean over genes that vary gives each
+    gene an expected standard deviation σ̂; counts are clipped at mean + σ̂·√n, and the variance of the
+    clipped counts around the mean, divided by σ̂², is the gene's standardised variance.
+    """
+    from skmisc.loess import loess
+
+    names, codes = np.unique(batches, return_inverse=True)
+    n = np.bincount(codes, minlength=len(names)).astype(np.float64)
+    total, total_sq = _batch_sums(blocks, codes, len(names), n_genes, clip=None)
+    mean = total / n[:, None]
+    var = (total_sq - n[:, None] * mean**2) / (n[:, None] - 1)
+    reg_std = np.ones_like(mean)
+    for b in range(len(names)):
+        varies = var[b] > 0
+        model = loess(np.log10(mean[b, varies]), np.log10(var[b, varies]), span=span, degree=2)
+        model.fit()
+        reg_std[b, varies] = np.sqrt(10**model.outputs.fitted_values)
+    clipped, clipped_sq = _batch_sums(blocks, codes, len(names), n_genes, clip=reg_std * np.sqrt(n)[:, None] + mean)
+    norm_var = (n[:, None] * mean**2 + clipped_sq - 2 * clipped * mean) / ((n[:, None] - 1) * reg_std**2)
+    ranks = np.argsort(np.argsort(-norm_var, axis=1), axis=1).astype(np.float32)
+    nbatches = (ranks < n_top_genes).sum(axis=0)
+    ranks[ranks >= n_top_genes] = np.nan
+    median = np.ma.median(np.ma.masked_invalid(ranks), axis=0).filled(np.nan)
+    return pd.DataFrame({"highly_variable_rank": median, "highly_variable_nbatches": nbatches, "variances_norm": norm_var.mean(axis=0)})
+
+
+def seurat_v3_order(ranking: pd.DataFrame) -> np.ndarray:
+    """Gene positions, most variable first, as scanpy's seurat_v3 sorts them (median rank, then batches)."""
+    columns = ["highly_variable_rank", "highly_variable_nbatches"]
+    frame = ranking[columns].reset_index(drop=True)
+    return frame.sort_values(columns, ascending=[True, False], na_position="last").index.to_numpy()
+
+
+def _batch_sums(blocks: Callable[[], Iterable[sp.csr_matrix]], codes: np.ndarray, n_batches: int, n_genes: int, clip: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch and gene: the sum and the sum of squares of the counts (each clipped at `clip[batch, gene]`)."""
+    total, total_sq = np.zeros((n_batches, n_genes)), np.zeros((n_batches, n_genes))
+    start = 0
+    for block in blocks():
+        block_codes = codes[start : start + block.shape[0]]
+        start += block.shape[0]
+        cell_batch = np.repeat(block_codes, np.diff(block.indptr))
+        values = block.data.astype(np.float64)
+        if clip is not None:
+            values = np.minimum(values, clip[cell_batch, block.indices])
+        where = cell_batch * n_genes + block.indices
+        total += np.bincount(where, weights=values, minlength=n_batches * n_genes).reshape(n_batches, n_genes)
+        total_sq += np.bincount(where, weights=values**2, minlength=n_batches * n_genes).reshape(n_batches, n_genes)
+    return total, total_sq
 
 
 def _embedding(adata: ad.AnnData, key: str, rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Training plan of the RNA β-VAE: λ·MSE(X̂, X) + φ·(1 − cos(z, z_atlas)) + β·KL."""
+"""Training plan of the RNA β-VAE: λ·reconstruction + φ·(1 − cos(z, z_atlas)) + β·KL.
+
+The reconstruction is the study's MSE(X̂, X) on scaled log expression (`likelihood: mse`) or, as scVI,
+the negative-binomial negative log-likelihood of the kept genes' raw counts (`likelihood: nb`); both
+are means over cells and genes, so λ, φ and β keep their meaning.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ from torch.nn import functional as F
 
 from wbcvae.errors import InputError
 from wbcvae.models.losses import kl_divergence
-from wbcvae.models.rna_vae import RnaVAE
+from wbcvae.models.rna_vae import LIKELIHOODS, RnaVAE, negative_binomial_log_prob
 from wbcvae.training.plan import Batch, Outputs, VAEPlan
 
 
 class RnaVAEPlan(VAEPlan):
-    """Trains `self.vae` (an `RnaVAE`) on batches with `x`, `z_atlas`, `label`.
+    """Trains `self.vae` (an `RnaVAE`) on batches with `x`, `z_atlas`, `label` (and, for "nb", `counts`
+    and `library`, which `RnaDataset` always serves).
 
     The cosine term pulls each cell's z towards the direction of its reference-atlas embedding, so
     the latent inherits the atlas's geometry. `n_genes` may be left out: it is then read from the
@@ -36,13 +42,16 @@ class RnaVAEPlan(VAEPlan):
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        likelihood: str = "mse",
     ) -> None:
         super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise InputError(f"model.likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.save_hyperparameters()
         self.vae: RnaVAE | None = None
         self.preprocessor_path: Path | None = None
         if n_genes is not None:
-            self.vae = RnaVAE(n_genes, hidden, latent_dim)
+            self.vae = RnaVAE(n_genes, hidden, latent_dim, likelihood)
 
     def configure_model(self) -> None:
         """Build the VAE once the DataModule knows how many genes it serves (runs before DDP wraps it)."""
@@ -52,7 +61,7 @@ class RnaVAEPlan(VAEPlan):
         if n_genes is None:
             raise InputError("model.n_genes is not set and the DataModule has no `n_genes` to take it from")
         self.hparams.n_genes = int(n_genes)
-        self.vae = RnaVAE(int(n_genes), self.hparams.hidden, self.hparams.latent_dim)
+        self.vae = RnaVAE(int(n_genes), self.hparams.hidden, self.hparams.latent_dim, self.hparams.likelihood)
 
     def on_fit_start(self) -> None:
         """Save the DataModule's fitted preprocessing in the run folder: `wbcvae embed` must transform new
@@ -60,6 +69,8 @@ class RnaVAEPlan(VAEPlan):
         super().on_fit_start()
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank
         preprocessor = getattr(self.trainer.datamodule, "preprocessor", None)
+        if preprocessor is not None and self.vae.likelihood == "nb":
+            self.vae.set_log_range(torch.from_numpy(preprocessor.gene_min), torch.from_numpy(preprocessor.gene_span))
         if preprocessor is not None and self.trainer.is_global_zero:
             self.preprocessor_path = preprocessor.save(run_dir / "preprocessor.json").resolve()
 
@@ -79,10 +90,18 @@ class RnaVAEPlan(VAEPlan):
                 f"z_atlas has {z_atlas.shape[-1]} dimensions but the RNA VAE's latent has {outputs['z'].shape[-1]}"
                 " (set model.latent_dim or give an atlas embedding of that size)"
             )
+        reconstruction = f"expression_{self.vae.likelihood}"
         terms = {
-            "expression_mse": F.mse_loss(outputs["x_hat"], batch["x"]),
+            reconstruction: self.reconstruction_loss(batch, outputs),
             "atlas_cosine": (1 - F.cosine_similarity(outputs["z"], z_atlas, dim=-1)).mean(),
             "kl": kl_divergence(outputs["mu"], outputs["logvar"]),
         }
-        weights = {"expression_mse": self.hparams.lam, "atlas_cosine": self.hparams.phi, "kl": self.beta()}
+        weights = {reconstruction: self.hparams.lam, "atlas_cosine": self.hparams.phi, "kl": self.beta()}
         return terms, weights, outputs
+
+    def reconstruction_loss(self, batch: Batch, outputs: Outputs) -> torch.Tensor:
+        """MSE of the scaled expression, or the NB negative log-likelihood of the counts (mean per element)."""
+        if self.vae.likelihood == "mse":
+            return F.mse_loss(outputs["x_hat"], batch["x"])
+        mean = batch["library"] * outputs["rho"]
+        return -negative_binomial_log_prob(batch["counts"], mean, outputs["theta"]).mean()
