@@ -110,7 +110,7 @@ def test_complete_store_is_a_noop_and_another_checkpoint_is_refused(store, world
     assert before == {name: (store.root / f"{name}.npy").stat().st_mtime_ns for name in ARRAYS}
 
     other = small_module(seed=1)
-    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, tmp_path / "other.ckpt")
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams), "wbcvae_init": other.init}, tmp_path / "other.ckpt")
     with pytest.raises(InputError, match="checkpoint_sha256"):
         extract_features(world, tmp_path / "other.ckpt", store.root, progress=False)
 

@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence as torch_kl
 
 from wbcvae.models import ImageVAE, NonFiniteLossError, RnaVAE, check_finite, kl_divergence, kl_weight, reparameterise
-from wbcvae.training.metrics import knn_accuracy, leave_one_out_knn_accuracy
+from wbcvae.training.metrics import knn_accuracy
 
 
 def test_image_vae_paper_shapes():
@@ -109,11 +109,3 @@ def test_knn_accuracy_on_known_geometry():
     shuffled = rng.permutation(labels)
     assert knn_accuracy(points[::2], shuffled[::2], points[1::2], shuffled[1::2]) < 0.6  # chance is 1/3
     assert np.isnan(knn_accuracy(points, -np.ones(90, int), points, -np.ones(90, int)))  # no labelled cells
-
-
-def test_leave_one_out_knn_does_not_let_a_cell_vote_for_itself():
-    # Five cells of class 0 around the origin and one cell of class 1 among them: with itself
-    # excluded, the lone cell's 5 neighbours all say class 0, so exactly 5 of 6 are right.
-    points = np.array([[0, 0], [0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1], [0.05, 0.05]])
-    labels = np.array([0, 0, 0, 0, 0, 1])
-    assert leave_one_out_knn_accuracy(points, labels, k=5) == pytest.approx(5 / 6)

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from wbcvae.cli import embed as embed_cli
+from wbcvae.errors import InputError
 from wbcvae.models import ImageVAE, NonFiniteLossError, RnaVAE
 from wbcvae.training import ImageVAEPlan, RnaVAEPlan
 from wbcvae.training.cli import run_cli
@@ -294,3 +295,92 @@ def test_image_plan_on_feature_store_then_embed(feature_store, tmp_path):
     with torch.no_grad():
         expected = plan.eval().vae.encode(features)[0].numpy()
     assert np.allclose(embedded.obsm[EMBEDDING_KEY], expected, atol=1e-5)
+
+
+# --- one kNN protocol, inputs checked before a run folder, one-line config errors, a quiet run --------
+
+
+def test_logged_knn_is_the_protocol_of_training_metrics(tmp_path):
+    """`val/knn5_acc` = validation cells voted by their 5 nearest training cells (the bench's protocol)."""
+    from wbcvae.training.metrics import knn_accuracy, latent_reference
+
+    root = tmp_path / "runs"
+    cli = run_cli("rna", [*TOY["rna"], *QUIET, "--wandb", "false", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root)])
+    plan = cli.model.eval()
+    reference, reference_labels = latent_reference(plan, cli.datamodule.train_dataloader())
+    assert len(reference) == 24  # every training cell (fewer than REFERENCE_CELLS)
+    batches = list(cli.datamodule.val_dataloader())
+    with torch.no_grad():
+        mu = torch.cat([plan.vae.encode(b["x"])[0] for b in batches]).numpy()
+    labels = torch.cat([b["label"] for b in batches]).numpy()
+    logged = read_metrics(run_dir(root, "rna"))["val/knn5_acc"].dropna()
+    assert logged.iloc[-1] == pytest.approx(knn_accuracy(reference, reference_labels, mu, labels, k=5))
+
+
+def test_a_seeded_reference_subset_is_the_same_every_time():
+    from torch.utils.data import DataLoader
+
+    from wbcvae.training.metrics import latent_reference
+
+    data = ToyRnaDataModule(n_cells=40, genes=40, latent_dim=8, batch_size=4)
+    plan = RnaVAEPlan(n_genes=40, hidden=(16,), latent_dim=8).train()
+    loader = DataLoader(data.dataset, batch_size=4, shuffle=True)
+    first, labels = latent_reference(plan, loader, max_cells=10)
+    again, _ = latent_reference(plan, loader, max_cells=10)
+    assert first.shape == (10, 8) and np.array_equal(first, again) and labels.min() >= 0
+    assert plan.training  # put back as it was
+
+
+@pytest.mark.parametrize("wandb", ["false", pytest.param("true", marks=pytest.mark.slow)])  # W&B's start: ~10 s
+def test_rejected_data_leaves_no_run_folder(tiny_h5ad, tmp_path, monkeypatch, wandb):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    root = tmp_path / "runs"
+    (root / "rna_vae" / "version_0").mkdir(parents=True)  # an earlier run: left alone
+    (root / "rna_vae" / "version_0" / "metrics.csv").write_text("epoch\n0\n")
+    bad = ["--data", "wbcvae.data.rna_datamodule.RnaDataModule", "--data.source", str(tiny_h5ad), "--data.cell_type_key", "nothere"]
+    with pytest.raises(InputError, match="no obs column 'nothere'"):
+        run_cli("rna", [*bad, *QUIET, "--wandb", wandb, "--trainer.default_root_dir", str(root)])
+    assert sorted(p.name for p in (root / "rna_vae").iterdir()) == ["version_0"]
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused_before_anything_is_written(tmp_path):
+    rna = tmp_path / "rna.ckpt"
+    plan = RnaVAEPlan(n_genes=40, hidden=(16,), latent_dim=8)
+    torch.save({"state_dict": plan.state_dict(), "hyper_parameters": dict(plan.hparams), "wbcvae": {"kind": "rna"}}, rna)
+    root = tmp_path / "runs"
+    with pytest.raises(InputError, match="an RNA β-VAE checkpoint; expected an image β-VAE"):
+        run_cli("image", [*TOY["image"], *QUIET, "--trainer.default_root_dir", str(root), "--ckpt_path", str(rna)])
+    assert not root.exists()
+
+
+def test_a_bad_config_value_is_one_line_naming_key_type_and_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  lr: fast\n")
+    with pytest.raises(InputError) as err:
+        run_cli("rna", [*TOY["rna"], "--config", str(config)])
+    assert str(err.value) == f"{config}: key model.lr: expected float, got 'fast'"
+    with pytest.raises(InputError, match=r"^--data.n_cell on the command line: not a setting"):
+        run_cli("rna", ["--data", "wbcvae.training.toy_data.ToyRnaDataModule", "--data.n_cell", "3"])
+
+
+def test_experiment_configs_resolve_from_any_working_folder(tmp_path, monkeypatch):
+    from wbcvae.utils.config import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("experiments/rna_vae/laptop.yaml") == REPO / "experiments" / "rna_vae" / "laptop.yaml"
+    (tmp_path / "experiments" / "rna_vae").mkdir(parents=True)
+    (tmp_path / "experiments" / "rna_vae" / "laptop.yaml").write_text("{}")
+    assert resolve_config("experiments/rna_vae/laptop.yaml") == Path("experiments/rna_vae/laptop.yaml")  # the user's own first
+
+
+@pytest.mark.slow
+def test_a_normal_run_is_quiet_and_says_where_its_checkpoint_went(tmp_path):
+    done = _run(_cli_command("rna", "--trainer.max_epochs", "1", "--wandb", "true", "--trainer.default_root_dir", "runs"),
+                cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))  # fmt: skip
+    output = done.stdout + done.stderr
+    for noise in ("💡", "LeafSpec", "n_jobs value", "anonymous setting", "LightningCLI's args"):
+        assert noise not in output
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("wrote an RNA β-VAE checkpoint runs/rna_vae/version_0/checkpoints/best-")
+    assert (tmp_path / last.split()[5]).is_file()

@@ -1,8 +1,13 @@
-"""The one exception users see as a single line: bad input, named precisely."""
+"""The exceptions users see as a single line: bad input, named precisely, and a result that could not be written."""
 
 
 class InputError(ValueError):
     """Bad user input (a path, key, gene, label). The CLI prints `error: <message>` and exits 2."""
+
+
+class WriteError(OSError):
+    """A result could not be written (read-only folder, full disk, file-size limit): the message names the
+    path and what to do. The CLI prints `error: <message>` and exits 1."""
 
 
 def one_line(err: BaseException) -> str:

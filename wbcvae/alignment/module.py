@@ -31,6 +31,8 @@ from wbcvae.alignment.loss import (
     statistics,
 )
 from wbcvae.alignment.metrics import alignment_metrics
+from wbcvae.checkpoints import ALIGNMENT_KEY as CHECKPOINT_KEY
+from wbcvae.checkpoints import read_checkpoint
 from wbcvae.errors import InputError
 from wbcvae.models.losses import check_finite
 from wbcvae.training.callbacks import gather_rows
@@ -38,7 +40,6 @@ from wbcvae.training.image_plan import ImageVAEPlan
 from wbcvae.training.rna_plan import RnaVAEPlan
 from wbcvae.vocabulary import CLASSES
 
-CHECKPOINT_KEY = "wbcvae_alignment"
 
 
 @dataclass
@@ -255,16 +256,8 @@ class JointAlignmentModule(L.LightningModule):
 
 def load_alignment(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> JointAlignmentModule:
     """Rebuild a `JointAlignmentModule` from its checkpoint alone (plans from their saved hparams)."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise InputError(f"{ckpt}: no such checkpoint")
-    try:
-        checkpoint = torch.load(ckpt, map_location=map_location, weights_only=True)
-    except Exception as err:  # not a zip, not a pickle, truncated: all mean the same to the user
-        raise InputError(f"{ckpt}: not a readable checkpoint ({' '.join(str(err).split())[:200]})") from err
-    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not record:
-        raise InputError(f"{ckpt}: not a joint alignment checkpoint (no {CHECKPOINT_KEY!r} record; made by `wbcvae align`?)")
+    checkpoint = read_checkpoint(ckpt, "alignment", map_location=map_location)
+    record = checkpoint[CHECKPOINT_KEY]
     state = checkpoint["state_dict"]
     cells = RnaCells(state["rna_latent"], record["rna_cell_types"], record["rna_classes"])
     module = JointAlignmentModule(

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from wbcvae.alignment.metrics import save_joint_latent_plot
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents, RnaCells
+from wbcvae.checkpoints import load_plan
 from wbcvae.data.rna import read_rna
 from wbcvae.errors import InputError
 from wbcvae.features.datamodule import FeatureDataModule
@@ -30,9 +31,10 @@ from wbcvae.report.html import Section, to_jsonable, write_csv, write_report
 from wbcvae.trajectory.callback import TrajectoryCallback
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, report_section
-from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
+from wbcvae.training.embed import EMBEDDING_KEY, embed
 from wbcvae.training.loggers import build_loggers
 from wbcvae.utils.atomic import atomic_path
+from wbcvae.utils.config import resolve_config
 
 RUN_VERSION_ENV = "WBCVAE_ALIGN_RUN_VERSION"
 
@@ -69,7 +71,7 @@ class AlignConfig:
         """Defaults ← YAML file ← overrides that are not None. Unknown keys are an error, named."""
         values: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
+            path = resolve_config(path)
             if not path.is_file():
                 raise InputError(f"{path}: no such config file")
             values = yaml.safe_load(path.read_text()) or {}
@@ -106,12 +108,8 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
     Returns the module and the RNA AnnData written to `run_dir/rna_latent.h5ad` (its obs are needed
     for ground truth on the synthetic world).
     """
-    image_plan, image_record = load_plan(config.image_ckpt)
-    rna_plan, rna_record = load_plan(config.rna_ckpt)
-    if image_record["kind"] != "image" or rna_record["kind"] != "rna":
-        raise InputError(
-            f"image_ckpt must be an image β-VAE and rna_ckpt an RNA β-VAE; got {image_record['kind']} and {rna_record['kind']}"
-        )
+    image_plan, image_record = load_plan(config.image_ckpt, kind="image")
+    rna_plan, rna_record = load_plan(config.rna_ckpt, kind="rna")
     rna = embed(config.rna_ckpt, config.rna, run_dir / "rna_latent.h5ad")
     genes = json.loads(rna_record["preprocessor"]["json"])["genes"] if rna_record.get("preprocessor") else ()
     cells = RnaCells(

@@ -54,5 +54,4 @@ def _align(args: argparse.Namespace) -> None:
     )
     run = fit_alignment(config, ckpt_path=args.ckpt_path)
     if run.metrics:  # rank zero only
-        print(f"checkpoint: {run.checkpoint}")
-        print(f"report: {run.report}")
+        print(f"wrote joint alignment checkpoint {run.checkpoint}; report: {run.report}")

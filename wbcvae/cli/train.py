@@ -26,8 +26,22 @@ def _train(args: argparse.Namespace) -> int:
     from wbcvae.training.cli import run_cli
 
     try:
-        run_cli(args.kind, args.cli_args)
+        cli = run_cli(args.kind, args.cli_args)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if cli.trainer.is_global_zero:
+        print(written(cli))
     return 0
+
+
+def written(cli) -> str:
+    """One line: where the run's checkpoints and metrics went."""
+    from wbcvae.checkpoints import KINDS
+
+    trainer = cli.trainer
+    folder = trainer.log_dir or trainer.default_root_dir
+    checkpoint = trainer.checkpoint_callback
+    if cli.subcommand == "fit" and checkpoint is not None and checkpoint.best_model_path:
+        return f"wrote {KINDS[cli.kind][0]} checkpoint {checkpoint.best_model_path} (best val/loss; last: {checkpoint.last_model_path or 'none'}), metrics in {folder}"
+    return f"wrote {cli.subcommand} metrics to {folder}"

@@ -49,7 +49,7 @@ def _trajectory(args: argparse.Namespace) -> None:
         print(f"{name}: {shown}")
     metrics = {name: result.metrics for name, result in results.items()}
     report = write_report(out / "report", [report_section(r) for r in results.values()], metrics, title=f"wbcvae trajectories: {args.ckpt}")
-    print(f"report: {report}")
+    print(f"wrote {len(results)} trajectories to {out}; report: {report}")
 
 
 def _truth(source: Path, module):

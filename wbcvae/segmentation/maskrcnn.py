@@ -25,7 +25,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from wbcvae.errors import InputError
+from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint
+from wbcvae.errors import InputError, one_line
 from wbcvae.segmentation.metrics import iou
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -222,7 +223,8 @@ class MaskRCNNModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["wbcvae_init"] = self.init
+        """Record how the weights were initialised (plain values: `load_maskrcnn` reads with weights_only=True)."""
+        checkpoint[MASKRCNN_KEY] = self.init
 
 
 def warmup_cosine(step: int, warmup: int, total: float) -> float:
@@ -240,16 +242,12 @@ def load_maskrcnn(path: str | os.PathLike) -> MaskRCNNModule:
 
     The weights file named at training time is not needed again: the checkpoint holds every tensor.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
+    checkpoint = read_checkpoint(path, "maskrcnn")
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        hparams = dict(checkpoint["hyper_parameters"])
-        state = checkpoint["state_dict"]
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise InputError(f"{path}: not a Mask R-CNN checkpoint from `wbcvae segment train` ({type(err).__name__}: {err})") from None
-    module = MaskRCNNModule(**{**hparams, "weights": None})
-    module.load_state_dict(state)
-    module.init = checkpoint.get("wbcvae_init", {"init": "unknown"})
+        module = MaskRCNNModule(**{**hparams, "weights": None})
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:  # written by a version with other arguments or layers
+        raise InputError(f"{path}: its weights do not fit this version's Mask R-CNN ({one_line(err)[:240]})") from None
+    module.init = checkpoint[MASKRCNN_KEY]
     return module.eval()

@@ -19,30 +19,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import wbcvae
+from wbcvae.checkpoints import load_plan
 from wbcvae.errors import InputError
 from wbcvae.training.plan import VAEPlan
-from wbcvae.utils.atomic import atomic_path
+from wbcvae.utils.atomic import write_h5ad
 
 EMBEDDING_KEY = "X_wbcvae"
-
-
-def load_plan(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[VAEPlan, dict]:
-    """The training plan saved in `ckpt` (its class read from the checkpoint) and the checkpoint's `wbcvae` record."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise InputError(f"{ckpt}: no such checkpoint")
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch raise many kinds for a file that is not a checkpoint
-        raise InputError(f"{ckpt}: not a readable checkpoint ({' '.join(str(err).split())[:200]})") from err
-    record = checkpoint.get("wbcvae") if isinstance(checkpoint, dict) else None
-    if not record:
-        raise InputError(f"{ckpt}: not a wbcvae β-VAE checkpoint (it has no 'wbcvae' record)")
-    module, _, name = record["plan"].rpartition(".")
-    plan_class = getattr(importlib.import_module(module), name)
-    plan = plan_class.load_from_checkpoint(ckpt, map_location=map_location)
-    record = {**record, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
-    return plan, record
 
 
 def rebuild_datamodule(record: dict, **overrides) -> L.LightningDataModule:
@@ -52,6 +34,8 @@ def rebuild_datamodule(record: dict, **overrides) -> L.LightningDataModule:
     if "datamodule" not in data:
         raise InputError("the checkpoint does not record its DataModule; rebuild the data yourself")
     module, _, name = data["datamodule"].rpartition(".")
+    if module.split(".")[0] != "wbcvae":  # never import a class a file names from outside this package
+        raise InputError(f"the checkpoint's DataModule {data['datamodule']!r} is not one of wbcvae's; rebuild the data yourself")
     arguments = {k: v for k, v in data["hparams"].items() if not k.startswith("_")}
     if "source" in data:
         arguments["source"] = data["source"]
@@ -100,8 +84,7 @@ def embed(
             "embedded_with_wbcvae": wbcvae.__version__,
         }
     )
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)
     return adata
 
 

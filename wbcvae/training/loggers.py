@@ -30,7 +30,8 @@ def build_loggers(
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         job = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
         run_id = {"id": f"{name}-slurm{job}", "resume": "allow"} if job is not None else {}
-        loggers.append(
-            WandbLogger(project=project, name=name, save_dir=save_dir, offline=wandb_mode() == "offline", **run_id)
-        )
+        wandb_logger = WandbLogger(project=project, name=name, save_dir=save_dir, offline=wandb_mode() == "offline", **run_id)
+        # Lightning always passes `anonymous`, which W&B ≥ 0.19 ignores with a warning on every run.
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers

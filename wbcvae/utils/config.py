@@ -12,9 +12,22 @@ import yaml
 from wbcvae.errors import InputError, one_line
 
 
-def load_yaml_config(path: str | os.PathLike, overrides: Iterable[str] = (), known: Iterable[str] | None = None) -> dict[str, Any]:
-    """The mapping in the YAML at `path`, overrides applied (values parsed as YAML), top-level keys checked."""
+def resolve_config(path: str | os.PathLike) -> Path:
+    """`path` as given when it exists (or is absolute); else the same relative path under the package or
+    the checkout it is installed from, so `--config experiments/…` works from any working folder."""
     path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    package = Path(__file__).resolve().parents[1]
+    for root in (package, package.parent):
+        if (root / path).exists():
+            return root / path
+    return path
+
+
+def load_yaml_config(path: str | os.PathLike, overrides: Iterable[str] = (), known: Iterable[str] | None = None) -> dict[str, Any]:
+    """The mapping in the YAML at `path` (see `resolve_config`), overrides applied (values parsed as YAML), top-level keys checked."""
+    path = resolve_config(path)
     if not path.is_file():
         raise InputError(f"config {path} does not exist")
     try:

@@ -1,0 +1,93 @@
+"""Reading checkpoints: the one door through which every checkpoint the package uses comes in.
+
+A checkpoint is a pickle, and unpickling can run code. Every read here is `torch.load(weights_only=True)`:
+only tensors, numbers, strings and plain containers come back, and a file that carries any other Python
+object is refused with one line naming it. The file's kind is then checked (a β-VAE checkpoint given where a
+Mask R-CNN one is expected is named as such), and the classes to rebuild are chosen from a fixed table,
+never imported by a name written in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from wbcvae.errors import InputError, one_line
+
+if TYPE_CHECKING:
+    from wbcvae.training.plan import VAEPlan
+
+# kind → what the user calls it and which command writes it
+KINDS = {
+    "image": ("an image β-VAE", "wbcvae train image"),
+    "rna": ("an RNA β-VAE", "wbcvae train rna"),
+    "alignment": ("a joint alignment", "wbcvae align"),
+    "maskrcnn": ("a Mask R-CNN", "wbcvae segment train"),
+}
+ALIGNMENT_KEY = "wbcvae_alignment"  # the record `JointAlignmentModule` writes
+MASKRCNN_KEY = "wbcvae_init"  # the record `MaskRCNNModule` writes (how its weights were initialised)
+
+
+def checkpoint_kind(checkpoint: object) -> str | None:
+    """Which of `KINDS` a loaded checkpoint is, from the record its writer left; None for anything else."""
+    if not isinstance(checkpoint, dict):
+        return None
+    if ALIGNMENT_KEY in checkpoint:
+        return "alignment"
+    if MASKRCNN_KEY in checkpoint:
+        return "maskrcnn"
+    record = checkpoint.get("wbcvae")
+    kind = record.get("kind") if isinstance(record, dict) else None
+    return kind if kind in ("image", "rna") else None
+
+
+def read_checkpoint(path: str | os.PathLike, *kinds: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint at `path`, read safely, checked to be one of `kinds` (keys of `KINDS`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))  # the class or function the file would have called
+        if found or "add_safe_globals" in str(err):
+            what = f" ({found.group(1)})" if found else ""
+            raise InputError(
+                f"{path}: refusing to load: it carries pickled Python objects{what}; only plain tensors, numbers, "
+                "strings and containers are loaded (use a checkpoint written by wbcvae, or re-save its tensors)"
+            ) from None
+        raise InputError(f"{path}: not a readable checkpoint ({one_line(err)[:200]})") from None
+    except Exception as err:  # not a zip, truncated, a text file: all mean the same to the user
+        raise InputError(f"{path}: not a readable checkpoint ({one_line(err)[:200]})") from None
+    found = checkpoint_kind(checkpoint)
+    if found not in kinds:
+        wanted = " or ".join(f"{KINDS[k][0]} checkpoint (from `{KINDS[k][1]}`)" for k in kinds)
+        actual = f"{KINDS[found][0]} checkpoint" if found else "not a wbcvae checkpoint"
+        raise InputError(f"{path}: {actual}; expected {wanted}")
+    return checkpoint
+
+
+def load_plan(
+    ckpt: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None
+) -> tuple[VAEPlan, dict]:
+    """The β-VAE training plan saved in `ckpt` (image or RNA, or only `kind`) and its `wbcvae` record
+    (with the checkpoint's epoch and global step)."""
+    from wbcvae.training.image_plan import ImageVAEPlan
+    from wbcvae.training.rna_plan import RnaVAEPlan
+
+    plans = {"image": ImageVAEPlan, "rna": RnaVAEPlan}
+    checkpoint = read_checkpoint(ckpt, *([kind] if kind else plans), map_location=map_location)
+    record = checkpoint["wbcvae"]
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    try:
+        plan = plans[record["kind"]](**hparams)
+        plan.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:  # written by a version whose models had other arguments or layers
+        raise InputError(f"{ckpt}: its weights do not fit this version's models ({one_line(err)[:240]})") from None
+    record = {**record, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
+    return plan.to(map_location), record
