@@ -80,6 +80,22 @@ def test_training_over_the_file_size_limit_fails_in_one_line(tmp_path):
     assert line.startswith("error: cannot write runs/rna_vae: file too large") or line.startswith("error: cannot write runs/rna_vae/"), line
 
 
+@pytest.mark.slow
+def test_feature_extraction_over_the_file_size_limit_fails_in_one_line(tmp_path):
+    from wbcvae.data.synthetic.world import write_world
+    from wbcvae.segmentation.maskrcnn import MaskRCNNModule
+
+    world = write_world(tmp_path / "world", cells_per_class=1, rna_cells=26, n_genes=50, crop_size=64, seed=5, progress=False)
+    module = MaskRCNNModule(backbone="resnet18", input_size=64, proposals=32, roi_samples=16, mask_head=(32,))
+    checkpoint = tmp_path / "maskrcnn.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "wbcvae_init": module.init}, checkpoint)
+    store = tmp_path / "store"
+    done = wbcvae("features", str(world), "--checkpoint", str(checkpoint), "--store", str(store), max_file_bytes=100_000, cwd=tmp_path)
+    assert done.returncode == 1
+    (line,) = error_lines(done.stderr)
+    assert line.startswith(f"error: cannot write {store}: file too large") and not store.exists()
+
+
 def test_a_read_only_folder_fails_in_one_line_and_leaves_nothing_behind(image_run, tmp_path, monkeypatch, capsys):
     """Root ignores permission bits, so the read-only file system is simulated where the result lands."""
     store, checkpoint = image_run
