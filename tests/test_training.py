@@ -364,6 +364,19 @@ def test_a_bad_config_value_is_one_line_naming_key_type_and_file(tmp_path):
         run_cli("rna", ["--data", "wbcvae.training.toy_data.ToyRnaDataModule", "--data.n_cell", "3"])
 
 
+def test_a_bad_alignment_setting_is_one_line_naming_key_type_and_file(tmp_path):
+    from wbcvae.alignment.run import AlignConfig
+
+    config = tmp_path / "align.yaml"
+    for text, expected in (("delta: lots\n", "key delta: expected float, got 'lots'"),
+                           ("max_epochs: true\n", "key max_epochs: expected int, got True"),
+                           ("trajectories: granulopoiesis\n", "key trajectories: expected list[str], got 'granulopoiesis'")):  # fmt: skip
+        config.write_text(text)
+        with pytest.raises(InputError) as err:
+            AlignConfig.from_yaml(config)
+        assert str(err.value) == f"{config}: {expected}"
+
+
 def test_experiment_configs_resolve_from_any_working_folder(tmp_path, monkeypatch):
     from wbcvae.utils.config import resolve_config
 

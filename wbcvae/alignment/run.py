@@ -34,7 +34,7 @@ from wbcvae.trajectory.run import TrajectorySettings, report_section
 from wbcvae.training.embed import EMBEDDING_KEY, embed
 from wbcvae.training.loggers import build_loggers
 from wbcvae.utils.atomic import atomic_path
-from wbcvae.utils.config import resolve_config
+from wbcvae.utils.config import check_types, resolve_config
 
 RUN_VERSION_ENV = "WBCVAE_ALIGN_RUN_VERSION"
 
@@ -82,6 +82,7 @@ class AlignConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown alignment setting {unknown[0]!r}; known: {sorted(known)}")
+        check_types(values, {f.name: f.type for f in fields(cls)}, path or "alignment settings")
         config = cls(**values)
         TrajectorySettings.from_mapping(config.trajectory)  # an unknown key fails here, before any training
         for name in ("image_ckpt", "rna_ckpt", "features", "rna"):

@@ -58,3 +58,29 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
                 raise InputError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = yaml.safe_load(value)
     return config
+
+
+_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "None": (type(None),), "Path": (str, Path)}
+
+
+def check_types(values: dict[str, Any], annotations: dict[str, str], where: str | os.PathLike) -> None:
+    """Each value against its field's annotation (a string such as `float`, `int | None`, `list[str]`);
+    the first mismatch as one line naming `where`, the key and the expected type. Annotations beyond
+    these plain forms are left to the code that uses the value."""
+    for key, value in values.items():
+        annotation = str(annotations.get(key, ""))
+        allowed: list[type] = []
+        for name in (part.strip() for part in annotation.split("|")):
+            base = name.split("[", 1)[0]
+            if base in _TYPES:
+                allowed += _TYPES[base]
+            elif base in ("list", "tuple", "Sequence"):
+                allowed += [list, tuple]
+            elif base in ("dict", "Mapping"):
+                allowed.append(dict)
+            else:
+                allowed = []  # something richer: not checked here
+                break
+        wrong_bool = isinstance(value, bool) and bool not in allowed  # YAML `true` is no number
+        if allowed and (wrong_bool or not isinstance(value, tuple(allowed))):
+            raise InputError(f"{where}: key {key}: expected {annotation}, got {value!r}")
