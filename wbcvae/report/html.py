@@ -134,7 +134,7 @@ def _headlines_html(headlines: Sequence[Headline]) -> str:
         f"<td>{_lines(h.baseline)}</td><td>{_lines(h.reading)}</td></tr>"
         for h in headlines
     )
-    head = "<tr><th>result</th><th>measured</th><th>baseline</th><th>reading</th></tr>"
+    head = "<tr class=head><th>result</th><th>measured</th><th>baseline</th><th>reading</th></tr>"
     intro = "Each number beside what chance or a trivial answer would give; the sections below show how it was measured."
     return f'<section id="results"><h2>Results at a glance</h2><p>{intro}</p><div class=wide><table class=headlines>{head}{rows}</table></div></section>'
 
@@ -291,6 +291,13 @@ table.headlines td, table.headlines th { text-align: left; padding: 6px 10px; }
 table.headlines th[scope=row] { font-weight: normal; width: 30%; }
 table.headlines td.value { width: 24%; }
 table.headlines td.value + td { width: 20%; }
+@media (max-width: 760px) {  /* a phone or half a laptop screen: each result as a block, no sideways scrolling */
+  table.headlines tr, table.headlines td, table.headlines th { display: block; width: auto !important; }
+  table.headlines tr.head { display: none; }
+  table.headlines td, table.headlines th { border: none; padding: 2px 4px; }
+  table.headlines tr { border-bottom: 1px solid #d0d7de; padding: 6px 0; }
+  table.headlines td:nth-child(3)::before { content: "baseline: "; color: #57606a; }
+}
 table.headlines td.value { font-weight: 600; color: #0a3069; font-variant-numeric: tabular-nums; }
 table.metrics td:first-child { max-width: 32em; }
 figure { margin: 1.2em 0; }
