@@ -86,7 +86,8 @@ def test_headlines_put_each_result_beside_its_baseline():
 
 
 def test_headlines_drop_what_the_run_did_not_measure():
-    found = headlines({"alignment": {"mixing_entropy": 0.5}, "real_rna": {"skipped": "no real RNA source configured"}, "trajectory/x": {}})
+    skipped = {"skipped": "no real RNA source configured"}
+    found = headlines({"alignment": {"nearest_centroid_accuracy": np.nan, "chance_accuracy": 0.1}, "real_rna": skipped, "trajectory/x": {}})
     title = "Known markers on real marrow RNA (van Galen) going the expected way"
     assert found == [Headline(title, "not run", "–", "skipped: no real RNA source configured")]
     assert headlines({}) == []

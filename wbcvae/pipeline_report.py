@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from wbcvae.report.html import Caption, Headline, Section, write_report
+from wbcvae.report.html import Caption, Headline, Section, to_jsonable, write_report
 
 # What to look for in each figure, by file name. A figure without an entry is shown with its file name.
 CAPTIONS = {
@@ -129,6 +129,7 @@ def _caption(name: str) -> str:
 
 def headlines(metrics: Mapping[str, Any], sections: Sequence[Section] = ()) -> list[Headline]:
     """The results a reader looks for first, each beside its baseline, from whatever the run measured."""
+    metrics = to_jsonable(metrics)  # NaN (not measured) reads as missing
     trajectories = {k.partition("/")[2]: v for k, v in metrics.items() if k.startswith("trajectory/") and isinstance(v, dict)}
     found = [
         _alignment_headline(metrics.get("alignment") or {}),
