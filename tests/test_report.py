@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wbcvae.pipeline_report import headlines, write_results_page
+from wbcvae.pipeline_report import captioned, headlines, load_sections, save_sections, write_results_page
 from wbcvae.report import Caption, Headline, Section, write_report
 
 METRICS = {
@@ -222,3 +222,15 @@ def test_browser_check_catches_a_broken_image_and_overflowing_text(tmp_path):
     assert [i["loaded"] for i in checks["images"]] == [False]
     assert any(o.startswith("p: word word") for o in checks["overflowing"]) and checks["page"][0] > checks["page"][1]
 
+
+
+def test_stage_records_keep_figure_captions(tmp_path):
+    """A stage's sections go through stage.json (a resumed run rebuilds the page from it): captions survive."""
+    figures = [tmp_path / "strip.png", Caption(tmp_path / "dpt.png", "Look for the trend.")]
+    section = Section("Trajectory: x", "text", figures, {"markers": MARKERS})
+    records = json.loads(json.dumps(save_sections([section], tmp_path / "sections")))
+    (loaded,) = load_sections(records)
+    assert loaded.figures == [str(tmp_path / "strip.png"), Caption(str(tmp_path / "dpt.png"), "Look for the trend.")]
+    assert loaded.tables["markers"].equals(MARKERS)
+    strip, dpt = captioned(loaded).figures  # the bare figure gets its caption by file name, the other keeps its own
+    assert strip.text.startswith("The decoded cell along the path") and dpt.text == "Look for the trend."
