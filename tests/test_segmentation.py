@@ -4,6 +4,7 @@ its training targets, a brief training run end to end, and pseudo-masks on real 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,35 @@ def test_target_box_is_tight_around_the_mask():
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 40, 50)
 
 
-def test_central_detection_prefers_the_centre_among_confident_boxes():
-    boxes = torch.tensor([[0.0, 0, 20, 20], [30, 30, 60, 60], [45, 45, 55, 55]])
-    scores = torch.tensor([0.99, 0.6, 0.3])
-    assert central_detection(boxes, scores, (100, 100), min_score=0.5) == 1
-    assert central_detection(boxes, scores, (100, 100), min_score=0.2) == 2
-    assert central_detection(boxes, scores, (100, 100), min_score=0.999) is None
+def test_central_detection_takes_the_confident_cell_over_a_central_sliver():
+    cell, sliver, corner = [20.0, 20, 80, 80], [48.0, 10, 52, 90], [0.0, 0, 20, 20]
+    boxes = torch.tensor([cell, sliver, corner])
+    # the sliver's centre is the crop's, but the cell's box holds the centre too and is surer
+    assert central_detection(boxes, torch.tensor([0.9, 0.6, 0.99]), (100, 100), min_score=0.5) == 0
+    assert central_detection(boxes, torch.tensor([0.4, 0.6, 0.99]), (100, 100), min_score=0.5) == 1
+    # no box holds the centre: the nearest one, however confident a farther one is
+    apart = torch.tensor([corner, [55.0, 55, 70, 70]])
+    assert central_detection(apart, torch.tensor([0.99, 0.6]), (100, 100), min_score=0.5) == 1
+    assert central_detection(boxes, torch.tensor([0.9, 0.6, 0.99]), (100, 100), min_score=0.999) is None
+
+
+def test_learning_rate_falls_with_the_time_limit_as_with_the_step_limit(monkeypatch):
+    import lightning as L
+
+    from wbcvae.segmentation.maskrcnn import time_fraction, warmup_cosine
+
+    assert warmup_cosine(4, warmup=10, total=100) == pytest.approx(0.5)  # warming up
+    assert warmup_cosine(60, warmup=10, total=110) == pytest.approx(0.5)  # half the steps
+    assert warmup_cosine(60, warmup=10, total=math.inf) == 1.0  # no limit known
+    assert warmup_cosine(20, warmup=10, total=110, time_spent=0.5) == pytest.approx(0.5)  # half the time
+    assert warmup_cosine(20, warmup=10, total=math.inf, time_spent=1.0) == pytest.approx(0.0)
+
+    trainer = L.Trainer(max_time={"minutes": 2}, max_steps=10_000, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    timer = next(c for c in trainer.callbacks if type(c).__name__ == "Timer")
+    monkeypatch.setattr(timer, "time_elapsed", lambda stage="train": 90.0)
+    assert time_fraction(trainer)() == pytest.approx(0.75)
+    untimed = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert time_fraction(untimed)() == 0.0
 
 
 # --- classical segmenter --------------------------------------------------------------------------
@@ -104,6 +128,26 @@ def test_classical_takes_the_central_cell_and_stops_at_touching_red_cells():
     assert iou(found.cell, cell) > 0.85  # the touching red cell is left out
     x1, y1, x2, y2 = found.box()
     assert (x1 + x2) / 2 == pytest.approx(62, abs=3) and (y1 + y2) / 2 == pytest.approx(64, abs=3)
+
+
+def test_classical_keeps_pale_cytoplasm_and_every_lobe_apart_from_touching_red_cells():
+    """A neutrophil-like cell: pale lilac cytoplasm, three lobes far apart, red cells pressed against
+    it on two sides. v2 tells cytoplasm from red cell by colour; v1 (the baseline) loses the far lobes."""
+    size = 128
+    image = np.full((size, size, 3), [0.98, 0.88, 0.78])  # colours as measured on PBC crops
+    for centre in [(64, 100), (30, 40), (100, 30), (20, 100)]:
+        image[disc(size, centre, 15)] = [0.82, 0.67, 0.67]
+    cell = disc(size, (64, 64), 26)
+    lobes = disc(size, (52, 56), 7) | disc(size, (72, 50), 7) | disc(size, (68, 80), 7)
+    image[cell] = [0.78, 0.62, 0.70]  # pale lilac: about as dark as the red cells, another hue
+    image[lobes] = [0.36, 0.18, 0.52]
+    found = StainSegmenter()(image)
+    assert iou(found.nucleus, lobes) > 0.9
+    assert iou(found.cell, cell) > 0.9
+    baseline = StainSegmenter(method="v1")(image)
+    assert iou(baseline.nucleus, lobes) < iou(found.nucleus, lobes)
+    with pytest.raises(ValueError, match="method"):
+        StainSegmenter(method="v3")
 
 
 def test_classical_finds_nothing_in_an_empty_crop():
@@ -205,6 +249,22 @@ def test_maskrcnn_reaches_the_iou_floor_on_held_out_crops(tmp_path):
     scores = maskrcnn_scores(load_maskrcnn(checkpoint), CropDataset(val, 128))
     assert scores["iou_cell"].mean() > MASKRCNN_FLOOR
     assert scores["detected"].mean() > 0.9
+
+
+def test_features_store_the_classical_cell_mask_where_it_finds_one(world):
+    """The image loss sees the classical cell mask (it measures better than a brief Mask R-CNN's);
+    the detection's own mask only when asked for."""
+    from wbcvae.features.extract import FeatureExtractor
+
+    model = build_maskrcnn("resnet18", input_size=96, proposals=32, roi_samples=16, mask_head=(32,))
+    crops = CropDataset(read_manifest(world), 96)
+    images = torch.stack([crops[i]["image"] for i in range(2)])
+    classical = [StainSegmenter()(image.permute(1, 2, 0).numpy()).cell for image in images]
+    out = FeatureExtractor(model, min_score=0.0, target_size=96)(images)
+    for stored, cell in zip(out["mask"][:, 0], classical):
+        assert cell.any() and np.array_equal(stored.bool().numpy(), cell)
+    with pytest.raises(InputError, match="masks"):
+        FeatureExtractor(model, masks="box")
 
 
 def test_sources_without_masks_train_on_pseudo_masks(world, tmp_path):

@@ -25,18 +25,23 @@ from wbcvae.data.bad_files import BadFiles
 from wbcvae.data.images import read_manifest, read_or_record
 from wbcvae.errors import InputError
 from wbcvae.features.store import ORIGINS, TARGET_SIZE, UNREADABLE, FeatureStore
-from wbcvae.segmentation.classical import StainSegmenter
+from wbcvae.segmentation.classical import StainMasks, StainSegmenter
 from wbcvae.segmentation.maskrcnn import central_detection, file_sha256, load_maskrcnn
 
 DETECTION, PSEUDO_MASK, WHOLE_CROP = (ORIGINS.index(name) for name in ("detection", "pseudo_mask", "whole_crop"))
+MASK_SOURCES = ("classical", "detection")
 
 
 class FeatureExtractor:
-    """Runs a Mask R-CNN over a batch of crops and keeps, per crop, the detection nearest the centre.
+    """Runs a Mask R-CNN over a batch of crops and keeps, per crop, the central cell's detection.
 
     A crop where nothing scores `min_score` is not dropped: its box comes from the classical
     pseudo-mask (origin `pseudo_mask`), or is the whole crop when that finds no nucleus either
     (`whole_crop`), with score 0, so every manifest row gets a row of features and a flag saying how.
+
+    `masks` says whose cell mask is stored, i.e. which pixels the image loss sees: `classical` (the
+    stain segmenter's, which beats a briefly trained Mask R-CNN's, see bench/segmentation_quality.py;
+    the detection's where it finds no nucleus) or `detection` (the Mask R-CNN's own).
     """
 
     def __init__(
@@ -45,8 +50,12 @@ class FeatureExtractor:
         min_score: float = 0.5,
         target_size: int = TARGET_SIZE,
         segmenter: StainSegmenter | None = None,
+        masks: str = "classical",
     ):
+        if masks not in MASK_SOURCES:
+            raise InputError(f"masks {masks!r} is not one of {MASK_SOURCES}")
         self.model = model.eval()
+        self.masks = masks
         self.min_score = min_score
         self.target_size = target_size
         self.segmenter = segmenter or StainSegmenter()
@@ -68,13 +77,14 @@ class FeatureExtractor:
         boxes, masks, scores, origins = [], [], [], []  # boxes in model pixels on `device`; masks on the CPU
         for i, (image, hit) in enumerate(zip(images, found)):
             pick = central_detection(hit["boxes"], hit["scores"], sizes[i], self.min_score)
+            pseudo = self.segmenter(image.permute(1, 2, 0).cpu().numpy()) if self.masks == "classical" or pick is None else None
             if pick is not None:
                 boxes.append(model_boxes[i][pick])
-                masks.append(hit["masks"][pick, 0].cpu() > 0.5)
+                masks.append(torch.from_numpy(pseudo.cell) if pseudo is not None and pseudo.found else hit["masks"][pick, 0].cpu() > 0.5)
                 scores.append(float(hit["scores"][pick]))
                 origins.append(DETECTION)
                 continue
-            box, mask, origin = self._fallback(image)
+            box, mask, origin = self._fallback(image, pseudo)
             boxes.append(resize_boxes(box[None], sizes[i], batch.image_sizes[i])[0].to(device))
             masks.append(mask)
             scores.append(0.0)
@@ -93,8 +103,8 @@ class FeatureExtractor:
             "origin": torch.tensor(origins, dtype=torch.uint8),
         }
 
-    def _fallback(self, image: Tensor) -> tuple[Tensor, Tensor, int]:
-        pseudo = self.segmenter(image.permute(1, 2, 0).cpu().numpy())
+    @staticmethod
+    def _fallback(image: Tensor, pseudo: StainMasks) -> tuple[Tensor, Tensor, int]:
         box = pseudo.box()
         if box is None:
             height, width = image.shape[-2:]
@@ -134,6 +144,7 @@ def extract_features(
     unknown: str = "skip",
     progress: bool = True,
     bad_files: str = "skip",
+    masks: str = "classical",
 ) -> FeatureStore:
     """Fill the store at `store_dir` with one row per crop of `source`; only rows not yet done are computed.
 
@@ -155,6 +166,7 @@ def extract_features(
         "input_size": input_size,
         "min_score": min_score,
         "target_size": TARGET_SIZE,
+        "masks": masks,  # a store's masks all come from one source
     }
     store = _open_store(Path(store_dir), frame, fingerprint, overwrite, provenance={
         "fingerprint": fingerprint,
@@ -174,7 +186,7 @@ def extract_features(
         return store
 
     target = resolve_device(device)
-    extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size)
+    extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size, masks=masks)
     crops = CropDataset(frame, input_size, mark_unreadable=True)
     loader = DataLoader(crops, batch_sampler=ChunkSampler(missing, batch_size), num_workers=num_workers)
     started = time.perf_counter()

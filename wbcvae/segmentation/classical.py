@@ -2,9 +2,19 @@
 
 In May-Grünwald-Giemsa smears the nucleus is the most purple thing in the crop, the background is
 bright, and red cells sit between the two. So: turn colours into optical densities (absorbances add
-up like stains do), threshold the red absorbance for the nucleus, keep the nucleus nearest the crop
-centre (lobes of one segmented nucleus are joined first), then take the stained region around it,
-split from touching red cells by a marker watershed so the cell does not leak into its neighbours.
+up like stains do) and threshold the red absorbance for the nucleus, keeping the nucleus nearest the
+crop centre (lobes of one segmented nucleus are joined first).
+
+The cytoplasm is where the two methods differ:
+
+- `v2` (default) unmixes every pixel's density, less the background's, into the crop's own red-cell
+  colour and its nucleus colour. Red cells carry almost none of the nucleus colour, while even the
+  palest neutrophil cytoplasm carries some, so the white cell is the region holding that colour
+  around the nucleus: pale cytoplasm is kept and touching red cells are not taken. Every nucleus
+  lobe inside that region belongs to the cell; the cell holds the convex hull of its lobes.
+- `v1` (the first version, kept to measure against) takes everything stained around the nucleus and
+  splits it from touching red cells by a watershed on the distance to the background. It cuts pale
+  cytoplasm off, leaks into red cells whose necks are wide, and drops lobes far from the centre one.
 """
 
 from __future__ import annotations
@@ -14,6 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, morphology, segmentation
+
+METHODS = ("v2", "v1")
+# Optical-density direction of a red cell in MGG, less the background's (median over PBC crops): used
+# when a crop has too few red-cell pixels of its own to measure it.
+RED_CELL_COLOUR = np.array([0.51, 0.74, 0.44])
 
 
 @dataclass(frozen=True)
@@ -63,21 +78,30 @@ class StainSegmenter:
     """Finds the white cell nearest the centre of an RGB crop. Lengths are fractions of the crop side
     or multiples of the nucleus radius, so one setting works at 128 px and at 360 px.
 
+    method: `v2` (colour unmixing, the default) or `v1` (the first version); see the module docstring.
     nucleus_join: closing radius (fraction of the side) that joins the lobes of one segmented nucleus.
     lobe_reach: dark pieces within this many nucleus radii of the central nucleus join it; pieces
         farther away are other cells' nuclei and keep the cell from spreading over them.
     min_nucleus_area: specks below this fraction of the crop area are ignored (platelets, granules).
-    red_cell_gap: centres of stained blobs farther than this many nucleus radii from the nucleus
+    red_cell_gap: (v1) centres of stained blobs farther than this many nucleus radii from the nucleus
         seed red cells, which compete with the white cell for the stained pixels between them.
     max_cytoplasm: the cell reaches at most this many nucleus radii beyond the nucleus.
+    cytoplasm_stain: (v2) a pixel is the cell's when it holds at least this fraction of the nucleus's
+        own amount of nucleus colour (pale neutrophil cytoplasm ~0.1, red cells ~0.03).
     """
 
+    method: str = "v2"
     nucleus_join: float = 0.03
     lobe_reach: float = 0.75
     min_nucleus_area: float = 0.003
     red_cell_gap: float = 0.3
     max_cytoplasm: float = 1.5
     smoothing: float = 0.004
+    cytoplasm_stain: float = 0.05
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {METHODS}")
 
     def __call__(self, image: np.ndarray) -> StainMasks:
         """`image`: H×W×3 RGB, uint8 or float in [0, 1]."""
@@ -86,36 +110,90 @@ class StainSegmenter:
             raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
         side = min(image.shape[:2])
         density = filters.gaussian(optical_density(image), sigma=max(self.smoothing * side, 0.5), channel_axis=-1)
-        nucleus, other_nuclei = self._nuclei(density[..., 0], side)
-        if not nucleus.any():
-            return StainMasks(cell=nucleus, nucleus=nucleus)
-        cell = self._cell(density.sum(axis=-1), nucleus, other_nuclei, side)
-        return StainMasks(cell=cell | nucleus, nucleus=nucleus)
+        dark = self._dark(density[..., 0])
+        central = self._central(dark, side)
+        if not central.any():
+            return StainMasks(cell=central, nucleus=central)
+        if self.method == "v1":
+            nucleus, other_nuclei = self._lobes(dark, central)
+            cell = self._cell_v1(density.sum(axis=-1), nucleus, other_nuclei, side)
+            return StainMasks(cell=cell | nucleus, nucleus=nucleus)
+        return self._cell_v2(density, dark, central, side)
 
-    def _nuclei(self, red_density: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-        """The central nucleus and every other one (neighbouring white cells), as boolean masks."""
-        # Red absorbance: purple nuclei absorb red strongly; red cells, eosinophil granules and
-        # pale cytoplasm hardly do.
+    def _dark(self, red_density: np.ndarray) -> np.ndarray:
+        """Every nucleus in the crop: red absorbance is high in purple nuclei; red cells, eosinophil
+        granules and pale cytoplasm hardly absorb red."""
         if np.ptp(red_density) < 1e-6:
-            nothing = np.zeros(red_density.shape, dtype=bool)
-            return nothing, nothing
-        dark = _drop_specks(red_density > _thresholds(red_density)[-1], self.min_nucleus_area * red_density.size)
+            return np.zeros(red_density.shape, dtype=bool)
+        return _drop_specks(red_density > _thresholds(red_density)[-1], self.min_nucleus_area * red_density.size)
+
+    def _central(self, dark: np.ndarray, side: int) -> np.ndarray:
+        """The dark pieces nearest the crop centre, after joining those close enough to be lobes."""
         joined = morphology.closing(dark, morphology.disk(max(1, round(self.nucleus_join * side))))
-        centre = ((red_density.shape[0] - 1) / 2, (red_density.shape[1] - 1) / 2)
-        central = dark & nearest_component(joined, centre)
-        # Lobes a little farther apart still belong to it; nuclei beyond are other cells'.
-        reach = ndi.distance_transform_edt(~central) <= self.lobe_reach * np.sqrt(central.sum() / np.pi)
+        centre = ((dark.shape[0] - 1) / 2, (dark.shape[1] - 1) / 2)
+        return dark & nearest_component(joined, centre)
+
+    def _lobes(self, dark: np.ndarray, central: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The central nucleus with the lobes a little farther apart, and every other nucleus."""
+        reach = ndi.distance_transform_edt(~central) <= self.lobe_reach * _radius(central)
         pieces = measure.label(dark)
         nucleus = np.isin(pieces, np.unique(pieces[reach & dark])) & dark
         return ndi.binary_fill_holes(nucleus), dark & ~nucleus
 
-    def _cell(self, total_density: np.ndarray, nucleus: np.ndarray, other_nuclei: np.ndarray, side: int) -> np.ndarray:
+    def _cell_v2(self, density: np.ndarray, dark: np.ndarray, central: np.ndarray, side: int) -> StainMasks:
+        hull = morphology.convex_hull_image(central)
+        radius = _radius(hull)
+        from_nucleus = ndi.distance_transform_edt(~hull)
+        stain = nucleus_stain(density, central, from_nucleus > self.max_cytoplasm * radius)
+        level = self.cytoplasm_stain * np.median(stain[central])
+        # Averaged over a granule or two: granular cytoplasm is patchy, red cells evenly bare.
+        held = filters.gaussian(stain, sigma=0.01 * side) > level
+        # Thin rims of red cells and specks of stain fall to the opening; the nucleus stays whole.
+        held = morphology.opening(held, morphology.disk(max(1, round(0.015 * side)))) | dark | hull
+        region = nearest_component(ndi.binary_fill_holes(held), _centroid(central))
+        # Every lobe inside the region is the cell's, however far from the central one, unless it
+        # reaches the crop's edge: then it is a neighbouring white cell's, split off at the neck.
+        pieces = measure.label(dark & region)
+        edge = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
+        others = np.isin(pieces, edge[edge > 0]) & ~central
+        nucleus = (pieces > 0) & ~others
+        if others.any():
+            markers = np.where(region, 0, 3).astype(np.int32)
+            markers[others] = 2
+            markers[morphology.convex_hull_image(nucleus)] = 1
+            region = segmentation.watershed(-ndi.distance_transform_edt(region), markers) == 1
+            nucleus &= region
+        region &= from_nucleus <= self.max_cytoplasm * radius
+        cell = ndi.binary_fill_holes(region | morphology.convex_hull_image(nucleus))
+        cell = self._to_edge(density, cell, held, side)
+        cell = filters.gaussian(cell.astype(float), sigma=0.015 * side) > 0.5  # a smooth outline, no rags
+        cell = nearest_component(cell, _centroid(nucleus)) | nucleus
+        return StainMasks(cell=ndi.binary_fill_holes(cell), nucleus=ndi.binary_fill_holes(nucleus))
+
+    def _to_edge(self, density: np.ndarray, cell: np.ndarray, held: np.ndarray, side: int) -> np.ndarray:
+        """The cell's outline moved onto the nearest colour edge: the colour threshold sits inside a
+        cytoplasm that fades out. A band a few pixels wide either side of the outline is flooded from
+        the cell, from the background and from the red cells (stained pixels without nucleus colour)
+        over the density's gradient, so the outline lands where the colour changes most."""
+        total = density.sum(axis=-1)
+        band = max(1, round(0.02 * side))
+        inner = morphology.erosion(cell, morphology.disk(band))
+        outer = ~morphology.dilation(cell, morphology.disk(band))
+        stained = total > _thresholds(total)[0]
+        markers = np.zeros(cell.shape, np.int32)
+        markers[outer & ~stained] = 2
+        markers[outer & stained & ~held] = 3
+        markers[inner] = 1
+        edges = sum(filters.sobel(density[..., c]) for c in range(3))
+        return segmentation.watershed(edges, markers) == 1
+
+    def _cell_v1(self, total_density: np.ndarray, nucleus: np.ndarray, other_nuclei: np.ndarray, side: int) -> np.ndarray:
         # Touching round blobs (the cell, red cells, other white cells) split at their necks: a
         # watershed on the distance to the unstained background, seeded by the nucleus and by the
         # centres of red cells and nuclei of other white cells.
         stained = ndi.binary_fill_holes(total_density > _thresholds(total_density)[0])
         hull = morphology.convex_hull_image(nucleus)
-        radius = np.sqrt(hull.sum() / np.pi)
+        radius = _radius(hull)
         from_nucleus = ndi.distance_transform_edt(~hull)
         depth = ndi.distance_transform_edt(stained)
         centres = feature.peak_local_max(
@@ -133,6 +211,32 @@ class StainSegmenter:
         return nearest_component(cell | nucleus, _centroid(nucleus))
 
 
+def nucleus_stain(density: np.ndarray, nucleus: np.ndarray, afar: np.ndarray) -> np.ndarray:
+    """Per pixel, the amount of the nucleus's colour in `density` (H×W×3 optical densities), in the
+    nucleus's units, once the background is taken off and the red-cell colour unmixed out.
+
+    Colours are measured on the crop itself (stain and scanner vary from slide to slide): the
+    background is the least stained third, the nucleus colour the median over `nucleus`, the red-cell
+    colour the median over the moderately stained pixels in `afar` (far from the nucleus, so mostly
+    red cells), or `RED_CELL_COLOUR` when there are too few of them or they look like the nucleus.
+    """
+    total = density.sum(axis=-1)
+    low, high = _thresholds(total)
+    background = np.median(density[total <= low], axis=0) if (total <= low).any() else density.reshape(-1, 3).min(axis=0)
+    od = density - background
+    nucleus_colour = _unit(np.median(od[nucleus], axis=0))
+    red = afar & (total > low) & (total <= high)
+    red_colour = _unit(np.median(od[red], axis=0)) if red.sum() >= 0.01 * red.size else _unit(RED_CELL_COLOUR)
+    if red_colour @ nucleus_colour > 0.97 or not np.isfinite(red_colour).all():  # within ~14°: not two colours
+        red_colour = _unit(RED_CELL_COLOUR)
+    amounts = od.reshape(-1, 3) @ np.linalg.pinv(np.stack([red_colour, nucleus_colour], axis=1)).T
+    return amounts[:, 1].reshape(total.shape)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
 def _thresholds(channel: np.ndarray) -> np.ndarray:
     """Two thresholds splitting a stain channel into background, red cells / cytoplasm, and nuclei."""
     try:
@@ -146,6 +250,11 @@ def _drop_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
     keep = np.bincount(labels.ravel()) >= min_area
     keep[0] = False
     return keep[labels]
+
+
+def _radius(mask: np.ndarray) -> float:
+    """Radius of the disc with the mask's area."""
+    return float(np.sqrt(mask.sum() / np.pi))
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float]:

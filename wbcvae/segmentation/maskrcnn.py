@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -131,14 +132,23 @@ def load_weights(model: MaskRCNN, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def central_detection(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], min_score: float) -> int | None:
-    """Index of the detection whose box centre is nearest the crop centre among those scoring at
-    least `min_score`, or None: crops are centred on their white cell, neighbours sit at the edges."""
+    """Index of the crop's own cell among detections scoring at least `min_score`, or None.
+
+    Crops are centred on their white cell, so it is the most confident detection whose box holds the
+    crop centre; when no box does, the one whose box comes nearest the centre (the most confident of
+    those equally near). Confidence first: a small sliver can sit closer to the centre than the cell.
+    """
     keep = torch.nonzero(scores >= min_score).flatten()
     if len(keep) == 0:
         return None
-    centres = (boxes[keep, :2] + boxes[keep, 2:]) / 2
-    middle = torch.tensor([image_size[1] / 2, image_size[0] / 2], dtype=centres.dtype, device=centres.device)
-    return int(keep[torch.argmin(((centres - middle) ** 2).sum(dim=1))])
+    x = image_size[1] / 2
+    y = image_size[0] / 2
+    box = boxes[keep]
+    gap_x = (box[:, 0] - x).clamp(min=0) + (x - box[:, 2]).clamp(min=0)
+    gap_y = (box[:, 1] - y).clamp(min=0) + (y - box[:, 3]).clamp(min=0)
+    distance = torch.hypot(gap_x, gap_y)  # 0 for every box that holds the centre
+    nearest = torch.nonzero(distance <= distance.min() + 1e-6).flatten()
+    return int(keep[nearest[torch.argmax(scores[keep][nearest])]])
 
 
 class MaskRCNNModule(LightningModule):
@@ -218,7 +228,12 @@ class MaskRCNNModule(LightningModule):
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
-        schedule = partial(warmup_cosine, warmup=max(1, hp.warmup_steps), total=total)
+        time_spent = time_fraction(self.trainer)
+        warmup = max(1, hp.warmup_steps)
+
+        def schedule(step: int) -> float:  # a plain function: LambdaLR leaves it out of checkpoints
+            return warmup_cosine(step, warmup, total, time_spent())
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -227,14 +242,34 @@ class MaskRCNNModule(LightningModule):
         checkpoint[MASKRCNN_KEY] = self.init
 
 
-def warmup_cosine(step: int, warmup: int, total: float) -> float:
+def warmup_cosine(step: int, warmup: int, total: float, time_spent: float = 0.0) -> float:
     """Learning-rate factor: linear warm-up (a random-init detector diverges on a full first step),
-    then cosine decay to zero at `total` steps, or constant when the run length is unknown."""
+    then cosine decay to zero along the run's progress: steps done of `total`, or `time_spent` (the
+    fraction of a time limit used), whichever is further. Constant when neither limit is known."""
     if step < warmup:
         return (step + 1) / warmup
-    if not math.isfinite(total) or total <= warmup:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+    progress = time_spent
+    if math.isfinite(total) and total > warmup:
+        progress = max(progress, (step - warmup) / (total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def time_fraction(trainer: Any) -> Callable[[], float]:
+    """A clock reading the fraction of the trainer's `max_time` spent training (0 without one), so a run
+    stopped by its time limit has lowered its rate by then instead of keeping the step plan's."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
+    if timer is None:
+        return lambda: 0.0
+
+    def spent() -> float:
+        elapsed, remaining = timer.time_elapsed(), timer.time_remaining()
+        if remaining is None or elapsed + remaining <= 0:
+            return 0.0
+        return elapsed / (elapsed + remaining)
+
+    return spent
 
 
 def load_maskrcnn(path: str | os.PathLike) -> MaskRCNNModule:

@@ -31,6 +31,27 @@ def iou(pred: Mask, true: Mask) -> float:
     return float(np.logical_and(p, t).sum() / union)
 
 
+def mask_checks(cell: Mask, nucleus: Mask) -> dict[str, float]:
+    """Signs of a wrong cell mask that need no true mask, for real crops: a white cell is one convex-ish
+    blob (`solidity`, area over convex-hull area, falls when the mask leaks into a red cell or bites
+    into pale cytoplasm), lies inside the crop (`touches_border`), is one piece (`pieces`), and holds
+    its whole nucleus (`nucleus_inside`, the fraction of nucleus pixels within the cell)."""
+    from skimage import measure
+
+    cell, nucleus = _as_bool(cell), _as_bool(nucleus)
+    if not cell.any():
+        return {"found": False, "solidity": np.nan, "touches_border": np.nan, "pieces": 0, "nucleus_inside": np.nan}
+    border = cell[0].any() or cell[-1].any() or cell[:, 0].any() or cell[:, -1].any()
+    inside = (cell & nucleus).sum() / max(nucleus.sum(), 1)
+    return {
+        "found": True,
+        "solidity": float(cell.sum() / measure.regionprops(cell.astype(np.uint8))[0].area_convex),
+        "touches_border": bool(border),
+        "pieces": int(measure.label(cell).max()),
+        "nucleus_inside": float(inside),
+    }
+
+
 def classical_scores(crops, segmenter=None) -> pd.DataFrame:
     """Per crop of a `CropDataset` with true masks: IoU of the classical segmenter's cell and nucleus."""
     from wbcvae.segmentation.classical import StainSegmenter

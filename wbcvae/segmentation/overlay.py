@@ -91,8 +91,8 @@ def spread_over_classes(frame, count: int, seed: int = 0):
 
 
 def mask_figure(source, out, checkpoint=None, count: int = 12, seed: int = 0, columns: int = 6) -> None:
-    """PNG of `count` crops of different classes with the classical pseudo-mask (green) and, given a
-    checkpoint, the Mask R-CNN mask of the central cell (yellow) outlined on each."""
+    """PNG of `count` crops of different classes with the classical pseudo-mask (green), its nucleus
+    (blue) and, given a checkpoint, the Mask R-CNN mask of the central cell (yellow) outlined on each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +112,8 @@ def mask_figure(source, out, checkpoint=None, count: int = 12, seed: int = 0, co
     crops = CropDataset(frame, size)
     images = [crops[i]["image"] for i in range(len(crops))]
     segmenter = StainSegmenter()
-    masks: dict[str, list] = {"pseudo": [segmenter(img.permute(1, 2, 0).numpy()).cell for img in images]}
+    found = [segmenter(img.permute(1, 2, 0).numpy()) for img in images]
+    masks: dict[str, list] = {"pseudo": [f.cell for f in found], "nucleus": [f.nucleus for f in found]}
     if module is not None:
         with torch.inference_mode():
             masks["maskrcnn"] = module.central_masks(module(images), images)
@@ -123,7 +124,7 @@ def mask_figure(source, out, checkpoint=None, count: int = 12, seed: int = 0, co
     for ax, image, label, i in zip(axes.flat, images, frame["label"], range(len(images))):
         ax.imshow(draw_outlines(image, {name: m[i] for name, m in masks.items()}))
         ax.set_title(label.replace("_", " "), fontsize=9)
-    legend = "green: classical pseudo-mask" + ("   yellow: Mask R-CNN" if module is not None else "")
+    legend = "green: classical pseudo-mask, blue: its nucleus" + ("   yellow: Mask R-CNN" if module is not None else "")
     figure.suptitle(f"{Path(source).name}: {legend}", fontsize=10)
     figure.tight_layout()
     with atomic_path(out) as tmp:
