@@ -8,6 +8,8 @@ resolved config), `metrics.csv`, `figures/` (when W&B is off) and `checkpoints/`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import shutil
 import sys
@@ -109,8 +111,9 @@ class VAECLI(LightningCLI):
         if any(f.is_file() and f.name not in ("config.yaml", "hparams.yaml") for v in versions for f in v.rglob("*")):
             return  # it trained for a while: its metrics and checkpoints are worth keeping
         wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish(exit_code=1)  # it would write its run folder again at exit
+        if wandb is not None and wandb.run is not None:  # finish now: at exit it would write its run folder again
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                wandb.finish(exit_code=1)  # quietly: its "wandb sync <folder>" hint would name a removed folder
         for entry in sorted(created, reverse=True):  # files inside wandb/ before wandb/ itself
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
