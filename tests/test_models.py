@@ -11,16 +11,18 @@ from wbcvae.models import ImageVAE, NonFiniteLossError, RnaVAE, check_finite, kl
 from wbcvae.training.metrics import knn_accuracy
 
 
-def test_image_vae_paper_shapes():
-    vae = ImageVAE()  # the study's sizes: 256×14×14 in, 50-d latent, 3×128×128 out
+@pytest.mark.parametrize("image_decoder", ["residual", "study"])
+def test_image_vae_paper_shapes(image_decoder):
+    vae = ImageVAE(image_decoder=image_decoder)  # the study's sizes: 256×14×14 in, 50-d latent, 3×128×128 out
     h = torch.randn(2, 256, 14, 14)
     mu, logvar = vae.encode(h)
     assert mu.shape == logvar.shape == (2, 50)
-    h_hat, image_hat = vae.decode(mu)
+    h_hat, image_hat, mask_logits = vae.decode(mu)
     assert h_hat.shape == (2, 256, 14, 14)
     assert image_hat.shape == (2, 3, 128, 128)
+    assert mask_logits.shape == (2, 1, 128, 128)
     assert 0 <= image_hat.min() and image_hat.max() <= 1
-    assert set(vae(h)) == {"mu", "logvar", "z", "h_hat", "image_hat"}
+    assert set(vae(h)) == {"mu", "logvar", "z", "h_hat", "image_hat", "mask_logits"}
 
 
 def test_image_vae_works_in_standardised_feature_units():
@@ -34,7 +36,7 @@ def test_image_vae_works_in_standardised_feature_units():
     h = x * std.view(-1, 1, 1) + mean.view(-1, 1, 1)  # the same cells in the features' own units
     assert torch.allclose(scaled.encode(h)[0], plain.encode(x)[0], atol=1e-5)
     z = torch.randn(3, 4)
-    (h_plain, image_plain), (h_scaled, image_scaled) = plain.decode(z), scaled.decode(z)
+    (h_plain, image_plain, _), (h_scaled, image_scaled, _) = plain.decode(z), scaled.decode(z)
     assert torch.allclose(h_scaled, h_plain * std.view(-1, 1, 1) + mean.view(-1, 1, 1), atol=1e-5)
     assert torch.allclose(image_scaled, image_plain)
     assert "feature_mean" in scaled.state_dict()  # travels with the weights

@@ -5,14 +5,73 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wbcvae.errors import InputError
 from wbcvae.models.losses import reparameterise
+
+IMAGE_DECODERS = ("residual", "study")
+NEUTRAL_GREY = 0.5
+
+
+def cell_on_grey(image: torch.Tensor, cell: torch.Tensor, grey: float = NEUTRAL_GREY) -> torch.Tensor:
+    """The picture a figure shows: `image` (B×3×S×S) where `cell` (B×1×S×S, a mask or a probability)
+    is above one half, neutral grey elsewhere. A decoder is only trained on the pixels inside the cell,
+    so what it draws outside is unconstrained noise that must never reach a figure."""
+    return torch.where(cell > 0.5, image, torch.full_like(image, grey))
+
+
+class Upsample2x(nn.Module):
+    """Nearest-neighbour ×2 as a broadcast: no checkerboard (unlike a stride-2 transposed conv), and its
+    backward is a plain sum, deterministic on CUDA, which exact resume (deterministic mode) needs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))): depth without a harder optimisation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def residual_image_head(in_channels: int, grow: int, channels: int) -> tuple[nn.Sequential, int]:
+    """ĥ (F×F) → an S×S feature map: a stride-1 "valid" transposed conv grows F to S/8 (a full
+    convolution, so no checkerboard), then three stages of upsample + conv, with residual blocks at the
+    two coarse stages where the nucleus shape and lobes are laid out. Channels halve per stage
+    (`channels` at S/8, at least 16). Returns the network and its output channels."""
+    widths = [max(channels >> stage, 16) for stage in range(4)]  # S/8, S/4, S/2, S
+    layers: list[nn.Module] = [nn.ConvTranspose2d(in_channels, widths[0], grow), ResidualBlock(widths[0])]
+    for stage in (1, 2, 3):
+        layers += [nn.ReLU(), Upsample2x(), nn.Conv2d(widths[stage - 1], widths[stage], 3, padding=1)]
+        if stage == 1:
+            layers.append(ResidualBlock(widths[stage]))
+    return nn.Sequential(*layers, nn.ReLU()), widths[3]
+
+
+def study_image_head(in_channels: int, grow: int) -> tuple[nn.Sequential, int]:
+    """The study's head: stride-2 transposed convolutions down to 16 channels at S×S (kept for the ablation)."""
+    layers = [nn.ConvTranspose2d(in_channels, 64, grow), nn.ReLU()]
+    for c_in, c_out in ((64, 32), (32, 16), (16, 16)):
+        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers), 16
 
 
 class ImageVAE(nn.Module):
-    """Encodes RoIAlign feature maps; decodes to ĥ (same shape) and from ĥ to a 3×S×S image Î in [0, 1].
+    """Encodes RoIAlign feature maps; decodes to ĥ (same shape) and from ĥ to a 3×S×S image Î in [0, 1]
+    and the logits of the cell mask (1×S×S).
 
     The image is decoded *from ĥ*, not from z directly, so the feature decoder is what carries the
-    morphology and the image head only renders it (as in the study).
+    morphology and the image head only renders it (as in the study). The mask logits let a figure show
+    the decoded cell inside its own predicted outline (`render`) rather than the pixels the masked
+    image loss never constrained. `image_decoder` picks the head: "residual" (upsample + conv with
+    residual blocks, `image_channels` wide at S/8) or "study" (the study's transposed convolutions).
 
     FPN features are far from unit scale (per-channel means of ±6 are common), which a freshly
     initialised network needs thousands of steps just to reach. So the network works on features
@@ -28,6 +87,8 @@ class ImageVAE(nn.Module):
         image_size: int = 128,
         latent_dim: int = 50,
         hidden_channels: int = 128,
+        image_decoder: str = "study",
+        image_channels: int = 64,
     ) -> None:
         super().__init__()
         if feature_size % 2:
@@ -36,6 +97,8 @@ class ImageVAE(nn.Module):
             raise ValueError(
                 f"image_size must be a multiple of 8 and at least 8×feature_size ({8 * feature_size}), got {image_size}"
             )
+        if image_decoder not in IMAGE_DECODERS:
+            raise InputError(f"image_decoder must be one of {', '.join(IMAGE_DECODERS)}, got {image_decoder!r}")
         self.feature_shape = (in_channels, feature_size, feature_size)
         self.image_size = image_size
         self.latent_dim = latent_dim
@@ -61,20 +124,13 @@ class ImageVAE(nn.Module):
             nn.ReLU(),
             nn.Conv2d(hidden_channels, in_channels, 3, padding=1),  # ĥ is unbounded, like FPN features
         )
-        # A "valid" transposed conv grows F×F to S/8×S/8 (14 → 16); unlike interpolation its backward
-        # pass is deterministic on CUDA, which exact resume (deterministic mode) needs.
-        grow = image_size // 8 - feature_size + 1
-        self.image_stem = nn.Sequential(nn.ConvTranspose2d(in_channels, 64, grow), nn.ReLU())
-        self.image_head = nn.Sequential(
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(16, 16, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 3, 3, padding=1),
-            nn.Sigmoid(),  # targets are crops in [0, 1]
-        )
+        grow = image_size // 8 - feature_size + 1  # kernel of the "valid" transposed conv F → S/8 (14 → 16)
+        if image_decoder == "residual":
+            self.image_head, width = residual_image_head(in_channels, grow, image_channels)
+        else:
+            self.image_head, width = study_image_head(in_channels, grow)
+        self.to_pixels = nn.Sequential(nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())  # targets are crops in [0, 1]
+        self.to_mask_logits = nn.Conv2d(width, 1, 3, padding=1)
 
     def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation (C values each) of the training features."""
@@ -90,16 +146,23 @@ class ImageVAE(nn.Module):
         hidden = self.encoder(self.standardise(h))
         return self.to_mu(hidden), self.to_logvar(hidden)
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstructed feature maps ĥ (B×C×F×F, the features' units) and the image Î (B×3×S×S)."""
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstructed feature maps ĥ (B×C×F×F, the features' units), the image Î (B×3×S×S) and the
+        cell mask's logits (B×1×S×S)."""
         bottleneck = self.from_latent(z).view(-1, *self._bottleneck_shape)
         standardised = self.feature_decoder(bottleneck)
         h_hat = standardised * self.feature_std + self.feature_mean
-        return h_hat, self.image_head(self.image_stem(standardised))
+        rendered = self.image_head(standardised)
+        return h_hat, self.to_pixels(rendered), self.to_mask_logits(rendered)
+
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """What figures show of a latent: the decoded cell inside its own predicted mask, on grey (B×3×S×S)."""
+        _, image_hat, mask_logits = self.decode(z)
+        return cell_on_grey(image_hat, mask_logits.sigmoid())
 
     def forward(self, h: torch.Tensor, sample: bool | None = None) -> dict[str, torch.Tensor]:
         """Encode, draw z (only while training unless `sample` says otherwise; else z = μ), decode."""
         mu, logvar = self.encode(h)
         z = reparameterise(mu, logvar) if (self.training if sample is None else sample) else mu
-        h_hat, image_hat = self.decode(z)
-        return {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat}
+        h_hat, image_hat, mask_logits = self.decode(z)
+        return {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat, "mask_logits": mask_logits}

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
 
+from wbcvae.models.image_vae import cell_on_grey
 from wbcvae.training.metrics import K, REFERENCE_CELLS, knn_accuracy, latent_reference
 from wbcvae.vocabulary import CLASSES
 
@@ -167,7 +168,8 @@ class LatentMap(LatentCollector):
 
 
 class ReconstructionGrid(ValidationDashboard):
-    """Rows: input crop I, masked target m·I, reconstruction Î; for the first validation cells."""
+    """Rows: input crop I, the target cell in its mask m, the reconstruction Î in its predicted mask
+    (both on neutral grey); for the first validation cells."""
 
     def __init__(self, n_cells: int = 8, every_n_epochs: int = 1) -> None:
         super().__init__(every_n_epochs)
@@ -178,10 +180,11 @@ class ReconstructionGrid(ValidationDashboard):
             return
         n = min(self.n_cells, len(batch["target"]))
         target, mask = batch["target"][:n].float().cpu(), batch["mask"][:n].float().cpu()
-        image_hat = outputs["image_hat"][:n].float().cpu()
-        grid = make_grid(torch.cat([target, mask * target, image_hat]).clamp(0, 1), nrow=n, padding=2)
+        decoded = cell_on_grey(outputs["image_hat"][:n].float().cpu(), outputs["mask_logits"][:n].float().cpu().sigmoid())
+        grid = make_grid(torch.cat([target, cell_on_grey(target, mask), decoded]).clamp(0, 1), nrow=n, padding=2)
         image = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        self.publish(trainer, "reconstruction/grid", image, caption="rows: input, masked target, reconstruction")
+        caption = "rows: input, target cell in its mask, reconstruction in its predicted mask"
+        self.publish(trainer, "reconstruction/grid", image, caption=caption)
 
 
 class GeneSetReconstruction(ValidationDashboard):

@@ -1,4 +1,5 @@
-"""Training plan of the image β-VAE: α·MSE(ĥ, h) + γ·MSE(m·Î, m·I) + β·KL on feature-store batches."""
+"""Training plan of the image β-VAE on feature-store batches: the study's α·MSE(ĥ, h) + γ·MSE(m·Î, m·I) + β·KL,
+plus terms that keep the masked image's structure (SSIM, image gradients) and the predicted cell mask's BCE."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn import functional as F
 
 from wbcvae.models.image_vae import ImageVAE
-from wbcvae.models.losses import kl_divergence
+from wbcvae.models.losses import kl_divergence, masked_gradient_l1, masked_ssim
 from wbcvae.training.plan import Batch, Outputs, VAEPlan
 
 
@@ -20,6 +21,11 @@ class ImageVAEPlan(VAEPlan):
     training starts (kept in the checkpoint, so not refitted on resume). Reconstruction terms are
     means over elements and KL is summed over latent dimensions, so useful β are small and γ large
     (see the configs in experiments/image_vae).
+
+    Beyond the study's three terms: `ssim_weight`·(1 − masked SSIM) and `gradient_weight`·masked
+    L1 of image gradients penalise the blur MSE tolerates; `mask_weight`·BCE trains the predicted cell
+    mask that figures draw the decoded cell in. Every term is computed and logged whatever its weight
+    (a weight of 0 turns a term into a metric), so runs with different objectives compare on one scale.
     """
 
     kind = "image"
@@ -32,9 +38,14 @@ class ImageVAEPlan(VAEPlan):
         image_size: int = 128,
         latent_dim: int = 50,
         hidden_channels: int = 128,
+        image_decoder: str = "study",
+        image_channels: int = 64,
         alpha: float = 1.0,
         gamma: float = 100.0,
         beta: float = 1e-3,
+        ssim_weight: float = 0.0,
+        gradient_weight: float = 0.0,
+        mask_weight: float = 1.0,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -42,7 +53,7 @@ class ImageVAEPlan(VAEPlan):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels)
+        self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels)
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
     def on_fit_start(self) -> None:
@@ -72,11 +83,22 @@ class ImageVAEPlan(VAEPlan):
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
         outputs = self.vae(batch[self.input_key])
-        mask = batch["mask"]
+        image_hat, target, mask = outputs["image_hat"], batch["target"], batch["mask"]
         terms = {
             "features_mse": F.mse_loss(self.vae.standardise(outputs["h_hat"]), self.vae.standardise(batch["features"])),
-            "image_mse": F.mse_loss(mask * outputs["image_hat"], mask * batch["target"]),
+            "image_mse": F.mse_loss(mask * image_hat, mask * target),
             "kl": kl_divergence(outputs["mu"], outputs["logvar"]),
+            "image_ssim_loss": 1 - masked_ssim(image_hat, target, mask).mean(),
+            "image_gradient_l1": masked_gradient_l1(image_hat, target, mask),
+            "mask_bce": F.binary_cross_entropy_with_logits(outputs["mask_logits"], mask),
         }
-        weights = {"features_mse": self.hparams.alpha, "image_mse": self.hparams.gamma, "kl": self.beta()}
+        hp = self.hparams
+        weights = {
+            "features_mse": hp.alpha,
+            "image_mse": hp.gamma,
+            "kl": self.beta(),
+            "image_ssim_loss": hp.ssim_weight,
+            "image_gradient_l1": hp.gradient_weight,
+            "mask_bce": hp.mask_weight,
+        }
         return terms, weights, outputs

@@ -1,7 +1,8 @@
 """Turn a latent path into what a haematologist looks at: images along the path and gene curves.
 
-Decoders are duck-typed: a VAE with `.decode(z)` or any callable z → output; when the output is a
-tuple (the image VAE returns `(h_hat, image)`) its last element is taken. The mean path is decoded
+Decoders are duck-typed: a VAE with `.render(z)` (the image VAE: the decoded cell in its predicted
+mask on grey) or `.decode(z)`, or any callable z → output; when the output is a tuple its last
+element is taken. The mean path is decoded
 once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
 and per-gene standard deviation), so the figures show how sure the path is. Without an image decoder
 (a path through an RNA-only latent) only the genes are decoded.
@@ -30,7 +31,8 @@ Decoder = Callable[[Tensor], Tensor]
 
 def as_decoder(model: nn.Module | Callable) -> Decoder:
     """A function z → tensor on the model's device, in eval mode, from a VAE or a plain callable."""
-    fn = model.decode if hasattr(model, "decode") else model
+    # `expression`: the RNA VAE's gene curves (normalised expression for a count model)
+    fn = getattr(model, "render", None) or getattr(model, "expression", None) or getattr(model, "decode", None) or model
     owner = model if isinstance(model, nn.Module) else getattr(fn, "__self__", None)
 
     def decode(z: Tensor) -> Tensor:

@@ -1,0 +1,117 @@
+"""The image head and its loss terms: upsample + conv decoder, predicted cell mask, masked SSIM and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+
+from wbcvae.errors import InputError
+from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
+from wbcvae.models.losses import masked_gradient_l1, masked_ssim
+from wbcvae.training.image_plan import ImageVAEPlan
+
+TINY = dict(in_channels=8, feature_size=4, image_size=32, latent_dim=4, hidden_channels=8)
+
+
+def crops(n: int = 6, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A handful of feature-store-like cells: a dark disc (nucleus) in a paler disc (the cell mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    targets, masks = [], []
+    for _ in range(n):
+        cy, cx = (torch.rand(2, generator=generator) * size / 4 + 3 * size / 8).tolist()
+        r = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+        cell, nucleus = (r < size / 3).float(), (r < size / 6).float()
+        colour = torch.tensor([0.9, 0.7, 0.8]).view(3, 1, 1) - 0.5 * nucleus
+        targets.append(colour * cell + 0.95 * (1 - cell))
+        masks.append(cell[None])
+    features = torch.randn(n, TINY["in_channels"], TINY["feature_size"], TINY["feature_size"], generator=generator)
+    return {"features": features, "target": torch.stack(targets), "mask": torch.stack(masks), "label": torch.arange(n)}
+
+
+def test_residual_decoder_and_mask_head_shapes():
+    vae = ImageVAE(**TINY, image_decoder="residual", image_channels=16)
+    h_hat, image_hat, mask_logits = vae.decode(torch.randn(3, 4))
+    assert h_hat.shape == (3, 8, 4, 4)
+    assert image_hat.shape == (3, 3, 32, 32) and mask_logits.shape == (3, 1, 32, 32)
+    assert 0 <= image_hat.min() and image_hat.max() <= 1
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) and m.stride != (1, 1) for m in vae.image_head.modules())
+
+
+def test_unknown_image_decoder_is_named():
+    with pytest.raises(InputError, match="image_decoder"):
+        ImageVAE(**TINY, image_decoder="unet")
+
+
+def test_upsample_is_nearest_neighbour():
+    x = torch.randn(2, 3, 5, 4)
+    assert torch.equal(Upsample2x()(x), F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_render_shows_the_decoded_cell_only_inside_its_predicted_mask():
+    image = torch.rand(2, 3, 8, 8)
+    cell = torch.zeros(2, 1, 8, 8)
+    cell[..., 2:5, 2:5] = 1
+    shown = cell_on_grey(image, cell)
+    assert torch.equal(shown[..., 2:5, 2:5], image[..., 2:5, 2:5])
+    assert torch.all(shown[..., 0, :] == 0.5)
+    vae = ImageVAE(**TINY, image_channels=16)
+    z = torch.randn(2, 4)
+    _, image_hat, mask_logits = vae.decode(z)
+    assert torch.equal(vae.render(z), cell_on_grey(image_hat, mask_logits.sigmoid()))
+
+
+def test_masked_ssim_is_one_for_identical_cells_and_ignores_pixels_outside_the_mask():
+    batch = crops(4)
+    target, mask = batch["target"], batch["mask"]
+    assert torch.allclose(masked_ssim(target, target, mask), torch.ones(4), atol=1e-5)
+    elsewhere = torch.where(mask > 0, target, torch.rand_like(target))  # same cell, other background
+    assert torch.allclose(masked_ssim(elsewhere, target, mask), torch.ones(4), atol=1e-5)
+    blurred = F.avg_pool2d(target, 5, stride=1, padding=2)
+    assert (masked_ssim(blurred, target, mask) < 0.95).all()
+    assert masked_gradient_l1(elsewhere, target, mask) == 0
+    assert masked_gradient_l1(blurred, target, mask) > 0
+
+
+def test_every_loss_term_is_finite_and_weighted_from_the_config():
+    plan = ImageVAEPlan(**TINY, image_channels=16, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5)
+    loss, terms, outputs = plan.total_loss(crops())
+    assert set(terms) == {"features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce"}
+    assert all(torch.isfinite(value) for value in terms.values())
+    expected = (
+        terms["features_mse"] + 100 * terms["image_mse"] + plan.beta() * terms["kl"]
+        + 2 * terms["image_ssim_loss"] + 3 * terms["image_gradient_l1"] + 0.5 * terms["mask_bce"]
+    )
+    assert torch.allclose(loss, expected)
+    assert outputs["mask_logits"].shape == (6, 1, 32, 32)
+
+
+def test_loss_falls_on_a_handful_of_crops():
+    torch.manual_seed(0)
+    plan = ImageVAEPlan(**TINY, image_channels=16, ssim_weight=1.0, gradient_weight=1.0, lr=3e-3)
+    batch = crops()
+    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
+    history = []
+    for _ in range(30):
+        loss, terms, _ = plan.total_loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append({name: float(value.detach()) for name, value in terms.items()} | {"loss": float(loss.detach())})
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.7 * first["loss"]
+    assert last["image_mse"] < 0.5 * first["image_mse"]
+    assert last["image_ssim_loss"] < 0.8 * first["image_ssim_loss"]
+    assert last["mask_bce"] < 0.95 * first["mask_bce"]  # the predicted mask starts to learn the cell
+
+
+def test_the_study_config_restores_the_study_decoder_and_loss():
+    with open("experiments/image_vae/laptop.yaml") as f:
+        model = yaml.safe_load(f)["model"]
+    with open("experiments/image_vae/study.yaml") as f:
+        model |= yaml.safe_load(f)["model"]
+    plan = ImageVAEPlan(**{**model, **TINY})
+    assert plan.hparams.image_decoder == "study"
+    assert plan.hparams.ssim_weight == plan.hparams.gradient_weight == 0
