@@ -16,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from wbcvae.data import rna as rna_module
 from wbcvae.data.rna import read_count_rows, read_rna, rna_summary
 from wbcvae.data.rna_datamodule import RnaDataModule, label_codes
 from wbcvae.data.rna_preprocess import RnaPreprocessor, scanpy_seurat_v3, seurat_v3_order, streamed_seurat_v3
@@ -71,6 +72,12 @@ def atlas_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bm12(vangalen) -> ad.AnnData:
     return read_rna(vangalen, samples=["BM1", "BM2"])
+
+
+@pytest.fixture(autouse=True)
+def _own_table_cache(tmp_path_factory, monkeypatch):
+    """Parsed van Galen tables go to a cache of this test session, not the user's ~/.cache."""
+    monkeypatch.setattr(rna_module, "CACHE_DIR", str(tmp_path_factory.getbasetemp() / "table_cache"))
 
 
 def _message(excinfo) -> str:
@@ -331,6 +338,8 @@ def test_datamodule_batches_and_stratified_splits(bm12):
     counts = read_count_rows(module.adata, batch["index"].numpy())
     np.testing.assert_array_equal(batch["counts"].numpy(), counts[:, kept].toarray())  # raw counts, for "nb"
     np.testing.assert_array_equal(batch["library"].numpy()[:, 0], np.asarray(counts.sum(axis=1)).ravel())  # over all genes
+    for served, read in zip((batch["x"], batch["z_atlas"]), module.preprocessor.transform(module.adata, batch["index"].numpy())):
+        np.testing.assert_allclose(served.numpy(), read, atol=1e-6)  # held kept-gene counts give what reading every gene gives
     codes = label_codes(module.adata)
     np.testing.assert_array_equal(batch["label"].numpy(), codes[batch["index"].numpy()])
     rows = np.concatenate(list(module.splits.values()))
@@ -399,6 +408,17 @@ def _write_vangalen(folder: Path, sample: str, counts: np.ndarray, cells: list[s
         table.to_csv(f, sep="\t")
     with gzip.open(folder / f"GSM2_{sample}.anno.txt.gz", "wt") as f:
         pd.DataFrame({"Cell": cells, "CellType": cell_types}).to_csv(f, sep="\t", index=False)
+
+
+def test_vangalen_tables_are_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(rna_module, "CACHE_DIR", str(tmp_path / "cache"))
+    _write_vangalen(tmp_path / "data", "BM4", _counts(5, n_cells=4, n_genes=6), ["e", "f", "g", "h"], ["HSC", "GMP", "Mono", "T"])
+    first = read_rna(tmp_path / "data")
+    assert len(list((tmp_path / "cache" / "vangalen").glob("GSM1_BM4.dem.txt.gz.*.npz"))) == 1
+    monkeypatch.setattr(rna_module, "_parse_dem", None)  # a second read must not parse the table again
+    second = read_rna(tmp_path / "data")
+    np.testing.assert_array_equal(second.X.toarray(), first.X.toarray())
+    assert second.X.dtype == np.int32 and second.var_names.equals(first.var_names) and second.obs.equals(first.obs)
 
 
 @pytest.mark.filterwarnings("ignore:Observation names are not unique")

@@ -64,6 +64,7 @@ METRIC_LABELS = {
     "features_mse": "feature MSE",
     "image_mse": "image MSE",
     "expression_mse": "expression MSE",
+    "expression_nb": "expression NB negative log-likelihood",
     "atlas_cosine": "cosine to the atlas embedding",
     "kl": "KL divergence",
     "val_iou_cell": "validation IoU of the cell",

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from wbcvae.data.bad_files import BadFiles
 from wbcvae.errors import InputError, one_line
+from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASSES, LabelMapper
 
 WORLD_RNA_NAME = "rna.h5ad"  # a synthetic world's RNA half
@@ -48,6 +49,9 @@ COUNT_LOCATIONS = ("layers/counts", "layers/raw_counts", "raw/X", "X")  # tried 
 LAZY_ABOVE_BYTES = 1 << 30  # larger .h5ad files keep their counts on disk
 COUNT_PROBE_ROWS = 1000  # rows looked at to judge whether a matrix holds whole-number counts
 MAX_SAMPLE_COLUMNS = 12  # beyond this a per-sample column no longer fits a terminal
+# Parsed van Galen tables are kept here as .npz (parsing the gzipped text is most of a run's start-up);
+# WBCVAE_CACHE moves it, an empty WBCVAE_CACHE switches it off.
+CACHE_DIR = os.environ.get("WBCVAE_CACHE", str(Path.home() / ".cache" / "wbcvae"))
 # Atlas .h5ad labels are ontology names, whose short words ("neutrophil") mean a class there; the free-text
 # table is the fallback for hand-written labels. Van Galen labels use only their own table.
 H5AD_TABLES: tuple[str, ...] = ("tabula_sapiens", "vangalen", "free_text")
@@ -282,6 +286,26 @@ def _vangalen_files(folder: Path, bad: BadFiles) -> dict[str, tuple[Path, Path]]
 
 
 def _read_dem(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
+    """`_parse_dem`, through an .npz cache keyed by the table's path, size and modification time."""
+    if not CACHE_DIR:
+        return _parse_dem(path)
+    stat = path.stat()
+    cached = Path(CACHE_DIR) / "vangalen" / f"{path.name}.{stat.st_size}.{stat.st_mtime_ns}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as saved:
+            matrix = sp.csr_matrix((saved["data"], saved["indices"], saved["indptr"]), shape=tuple(saved["shape"]))
+            return matrix, pd.Index(saved["genes"].astype(str)), pd.Index(saved["cells"].astype(str))
+    matrix, genes, cells = _parse_dem(path)
+    try:
+        with atomic_path(cached) as tmp, open(tmp, "wb") as file:
+            np.savez(file, data=matrix.data, indices=matrix.indices, indptr=matrix.indptr, shape=np.array(matrix.shape),
+                     genes=genes.to_numpy(dtype=str), cells=cells.to_numpy(dtype=str))  # fmt: skip
+    except OSError:  # (WriteError is one) a read-only home: no cache, the table was read all the same
+        pass
+    return matrix, genes, cells
+
+
+def _parse_dem(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     """cells × genes CSR int32 from a genes × cells table, read in blocks of genes to bound memory."""
     try:
         header = pd.read_csv(path, sep="\t", nrows=0).columns

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -38,17 +39,22 @@ class RnaDataset(Dataset):
     `dataset[i]` gives one cell; `dataset[[i, j, …]]` gives a batch read and transformed in one go.
     """
 
-    def __init__(self, adata: ad.AnnData, preprocessor: RnaPreprocessor, rows: np.ndarray | None = None):
+    def __init__(self, adata: ad.AnnData, preprocessor: RnaPreprocessor, rows: np.ndarray | None = None, kept: KeptCounts | None = None):
         self.adata, self.preprocessor = adata, preprocessor
         self.rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
         self.labels = label_codes(adata)
+        self.kept = kept
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, item: int | Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.rows[np.atleast_1d(np.asarray(item, dtype=np.int64))]
-        x, z_atlas, counts, library = self.preprocessor.transform_with_counts(self.adata, rows)
+        if self.kept is None:
+            x, z_atlas, counts, library = self.preprocessor.transform_with_counts(self.adata, rows)
+        else:
+            counts, library = self.kept.matrix[rows].toarray(), self.kept.library[rows]
+            x, z_atlas = self.preprocessor.from_counts(self.adata, rows, counts, library)
         batch = {
             "x": torch.from_numpy(x),
             "z_atlas": torch.from_numpy(z_atlas),
@@ -60,6 +66,16 @@ class RnaDataset(Dataset):
         return {k: v[0] for k, v in batch.items()} if np.ndim(item) == 0 else batch
 
     __getitems__ = __getitem__  # DataLoaders hand a whole batch of positions to this when it exists
+
+
+class KeptCounts:
+    """The kept genes' counts of every cell (CSR float32) and each cell's library over all genes (cells × 1),
+    held once for in-memory data: a batch then slices these instead of every gene of its cells."""
+
+    def __init__(self, adata: ad.AnnData, preprocessor: RnaPreprocessor):
+        counts = sp.csr_matrix(adata.X, dtype=np.float32)
+        self.library = np.asarray(counts.sum(axis=1), dtype=np.float32)
+        self.matrix = counts[:, preprocessor.columns_in(adata)]
 
 
 def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,8 +147,10 @@ class RnaDataModule(SplitDataModule):
         else:
             settings = dict(n_top_genes=hp.n_top_genes, markers=hp.markers, atlas_key=hp.atlas_key, atlas=hp.atlas, chunk_size=hp.chunk_size)
             self.preprocessor = RnaPreprocessor(**settings).fit(self.adata, self.splits["train"])
-        self.datasets = {name: RnaDataset(self.adata, self.preprocessor, rows) for name, rows in self.splits.items()}
-        self.datasets["predict"] = RnaDataset(self.adata, self.preprocessor)
+        lazy = isinstance(self.adata.X, ad.abc.CSRDataset)
+        kept = None if lazy else KeptCounts(self.adata, self.preprocessor)
+        self.datasets = {name: RnaDataset(self.adata, self.preprocessor, rows, kept) for name, rows in self.splits.items()}
+        self.datasets["predict"] = RnaDataset(self.adata, self.preprocessor, kept=kept)
 
     @property
     def n_genes(self) -> int:

@@ -222,7 +222,7 @@ class RnaPreprocessor:
         if not self.is_fitted:
             raise InputError("the RNA preprocessor is not fitted: call fit() or load a saved one")
         rows = np.arange(adata.n_obs)[rows if rows is not None else slice(None)]
-        columns = self._columns_in(adata)
+        columns = self.columns_in(adata)
         x = np.empty((len(rows), len(self.genes)), dtype=np.float32)
         z = np.empty((len(rows), self.latent_dim), dtype=np.float32)
         kept = np.empty((len(rows), len(self.genes)), dtype=np.float32)
@@ -232,14 +232,19 @@ class RnaPreprocessor:
             counts = read_count_rows(adata, rows[part])
             library[part, 0] = np.asarray(counts.sum(axis=1)).ravel()
             kept[part] = counts[:, columns].toarray()
-            log_expression = np.log1p(kept[part] * self._scale(library[part]))  # as `_log_expression`, on the kept genes only
-            x[part] = np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0)
-            z[part] = self._atlas_embedding(adata, rows[part], x[part], counts, columns)
+            x[part], z[part] = self.from_counts(adata, rows[part], kept[part], library[part])
         return x, z, kept, library
 
-    def _atlas_embedding(self, adata: ad.AnnData, rows: np.ndarray, x: np.ndarray, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    def from_counts(self, adata: ad.AnnData, rows: np.ndarray, kept: np.ndarray, library: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(x, z_atlas)` of the cells at `rows` from their kept genes' counts (dense, cells × genes) and
+        libraries (cells × 1): for a caller that keeps those counts at hand instead of reading every gene."""
+        log_expression = np.log1p(kept * self._scale(library))  # as `_log_expression`, on the kept genes only
+        x = np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0).astype(np.float32)
+        return x, np.asarray(self._atlas_embedding(adata, rows, x, kept), dtype=np.float32)
+
+    def _atlas_embedding(self, adata: ad.AnnData, rows: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
         if self.atlas_method == "scvi":
-            query = ad.AnnData(X=counts[:, columns], var=pd.DataFrame(index=self.genes))
+            query = ad.AnnData(X=sp.csr_matrix(kept), var=pd.DataFrame(index=self.genes))
             return self._scvi(query).get_latent_representation(query)
         if self.atlas_method == "obsm":
             if self.atlas_key not in adata.obsm:
@@ -253,7 +258,8 @@ class RnaPreprocessor:
             values = x
         return (values - self.projection_mean) @ self.projection_components.T
 
-    def _columns_in(self, adata: ad.AnnData) -> np.ndarray:
+    def columns_in(self, adata: ad.AnnData) -> np.ndarray:
+        """Positions of the fitted genes among `adata`'s; refuses data that lack any of them."""
         columns = adata.var_names.get_indexer(self.genes)
         missing = [g for g, c in zip(self.genes, columns) if c < 0]
         if missing:

@@ -1,0 +1,128 @@
+"""Training speed of our RNA β-VAE against scvi-tools' SCVI, the anchor a user would run instead.
+
+Both train on the same cells (the training split of our seeded split) and genes (our seurat_v3 choice),
+for the same epochs, batch size and torch threads, on CPU, without validation:
+- SCVI (negative binomial, as ours with `likelihood: nb`) at `--width` hidden units, one layer, 50 latents;
+- ours with `likelihood: nb` at the same width, and ours at the default config (experiments/rna_vae/laptop.yaml).
+Printed per model: cells/s over the epochs after the first (the first pays for warm-up) and its ratio to
+SCVI's, and start-up: seconds from the counts in memory to the first training batch (ours: split, gene
+choice, scaling and atlas PCA, Lightning; SCVI: setup_anndata, model, Lightning). Reading the source
+is timed once, separately (both need it).
+
+    python bench/bench_scvi.py [--source ../shared/data/vangalen2019] [--epochs 4] [--threads 1]
+
+Needs scvi-tools (`pip install -e '.[bench]'`); without it the script says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+
+from wbcvae.data.rna import read_rna
+from wbcvae.data.rna_datamodule import RnaDataModule
+from wbcvae.training import RnaVAEPlan
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "experiments" / "rna_vae" / "laptop.yaml"
+
+
+class Clock(L.Callback):
+    """Wall-clock of the first training batch and of each training epoch's end."""
+
+    def __init__(self, started: float) -> None:
+        self.started, self.first_batch, self.epoch_ends = started, None, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_batch is None:
+            self.first_batch = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch_ends.append(time.perf_counter())
+
+    def summary(self, cells: int) -> dict:
+        """Start-up seconds and cells/s over the epochs after the first."""
+        epochs = np.diff(self.epoch_ends)
+        return {"startup_s": round(self.first_batch - self.started, 2), "cells_per_s": round(cells / float(np.median(epochs)), 1)}
+
+
+def trainer_settings(epochs: int, clock: Clock) -> dict:
+    return dict(
+        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[clock], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+
+
+def train_ours(adata, args, hidden: list[int], model_args: dict) -> dict:
+    started = time.perf_counter()
+    clock = Clock(started)
+    data = RnaDataModule(adata, batch_size=args.batch_size, n_top_genes=args.genes, markers=args.markers, atlas="pca", seed=0)
+    plan = RnaVAEPlan(**{**model_args, "hidden": hidden, "latent_dim": 50})
+    L.Trainer(**trainer_settings(args.epochs, clock)).fit(plan, data)
+    return {**clock.summary(len(data.splits["train"])), "hidden": hidden, "likelihood": plan.hparams.likelihood}
+
+
+def train_scvi(adata, genes: list[str], rows: np.ndarray, args) -> dict:
+    import scvi
+
+    started = time.perf_counter()
+    clock = Clock(started)
+    cells = adata[rows, genes].copy()
+    scvi.model.SCVI.setup_anndata(cells)
+    model = scvi.model.SCVI(cells, n_hidden=args.width, n_layers=1, n_latent=50, gene_likelihood="nb")
+    model.train(train_size=1.0, batch_size=args.batch_size, **trainer_settings(args.epochs, clock))
+    return {**clock.summary(len(rows)), "hidden": [args.width], "likelihood": "nb"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=str(REPO / ".." / "shared" / "data" / "vangalen2019"))
+    parser.add_argument("--all-samples", action="store_true", help="van Galen: every sample, not only the healthy marrow")
+    parser.add_argument("--genes", type=int, default=2432)
+    parser.add_argument("--markers", nargs="*", default=[])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--width", type=int, default=128, help="hidden units of SCVI and of our equal-width model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if importlib.util.find_spec("scvi") is None:
+        print("skipped: scvi-tools is not installed (pip install -e '.[bench]')")
+        return
+    torch.set_num_threads(args.threads)
+    L.seed_everything(0, verbose=False)
+    started = time.perf_counter()
+    vangalen = any(Path(args.source).glob("*.dem.txt.gz"))
+    adata = read_rna(args.source, healthy_only=vangalen and not args.all_samples)
+    read_s = time.perf_counter() - started
+    # Our split and genes, fitted once first: this also pays one-time costs (numba compiling scanpy's
+    # loess helpers) that would otherwise land on whichever model is timed first.
+    reference = RnaDataModule(adata, n_top_genes=args.genes, markers=args.markers, atlas="pca", seed=0)
+    reference.setup("fit")
+    default = yaml.safe_load(DEFAULT_CONFIG.read_text())["model"]
+    default_hidden = default.pop("hidden")
+    results = {"scvi": train_scvi(adata, reference.preprocessor.genes, reference.splits["train"], args)}
+    results["ours_equal_width"] = train_ours(adata, args, [args.width], {**default, "likelihood": "nb"})
+    results["ours_default"] = train_ours(adata, args, default_hidden, default)
+    print(f"{adata.n_obs} cells ({len(reference.splits['train'])} trained on) × {args.genes} genes, {args.epochs} epochs, "
+          f"batch {args.batch_size}, {args.threads} thread(s); reading the source: {read_s:.1f} s")  # fmt: skip
+    print("| model | likelihood | hidden | cells/s | × SCVI | start-up (s) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        ratio = r["cells_per_s"] / results["scvi"]["cells_per_s"]
+        print(f"| {name} | {r['likelihood']} | {r['hidden']} | {r['cells_per_s']:.0f} | {ratio:.2f} | {r['startup_s']:.1f} |")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"read_s": read_s, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""How well an RNA β-VAE reconstructs held-out cells, on a scale fair to every likelihood and yardstick.
+
+`bench/vae_quality.py` scores each model on its own input scale (min-max scaled log expression); a count
+model and the study's MSE model are compared here on what both finally report, the log-normalised
+expression log1p(10⁴ · counts / library) of the kept genes, on the held-out cells of the checkpoint's own
+rebuilt DataModule (the test split; `vae_quality.held_out_loader`):
+- *MSE* of the reconstruction: "nb" the expected log-normalised expression of counts drawn from its
+  NB(library · ρ, θ) (the best guess of a log value: log1p(10⁴ · ρ), the log of the expected count, sits
+  above it by Jensen's gap), "mse" the decoded scaled expression mapped back through the preprocessing's
+  per-gene range; beside PCA-50 of the training cells' log expression and their mean
+  (`vae_quality.fit_pca`, `vae_quality.mse`);
+- *NB log-likelihood* of the held-out counts per cell and gene: the count model with its own μ = library · ρ
+  and θ; every other reconstruction (MSE model, PCA-50, mean) turned into counts the same way,
+  μ = library · expm1(reconstruction) / 10⁴ (at least 10⁻³), with each gene's θ fitted to the training
+  cells by moments. Higher is better.
+
+    python bench/rna_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] [--out runs/quality/rna]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from vae_quality import fit_pca, held_out_loader, mse
+
+from wbcvae.checkpoints import load_plan
+from wbcvae.models.rna_vae import TARGET_SUM, negative_binomial_log_prob
+from wbcvae.training.embed import rebuild_datamodule
+from wbcvae.utils.atomic import atomic_path
+
+MIN_MEAN = 1e-3  # floor of a yardstick's expected count: log(0) would make one zero-mean gene decide the score
+MAX_COUNT = 256  # counts summed over for an expected log value; beyond, the plug-in log1p(10⁴ · μ / library)
+
+
+@torch.no_grad()
+def collect(plan, preprocessor, loader, device: str, max_cells: int, held_out: bool) -> dict[str, np.ndarray]:
+    """Per cell: counts, library, log-normalised truth and the model's reconstruction on that scale
+    (a count model's only for `held_out` cells: the training cells need none)."""
+    parts, cells = defaultdict(list), 0
+    for batch in loader:
+        out = plan.vae(batch["x"].to(device))
+        if plan.vae.likelihood == "mse":
+            parts["recon"].append(out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min)
+        elif held_out:
+            library = batch["library"].to(device)
+            parts["recon"].append(expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy())
+        counts, library = batch["counts"].numpy(), batch["library"].numpy()
+        parts["counts"].append(counts)
+        parts["library"].append(library)
+        parts["truth"].append(np.log1p(TARGET_SUM * counts / np.maximum(library, 1)))
+        if "rho" in out:
+            parts["mean"].append(library * out["rho"].cpu().numpy())
+        cells += len(counts)
+        if cells >= max_cells:
+            break
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def expected_log_expression(mean: torch.Tensor, theta: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """E[log1p(10⁴ · X / library)] for X ~ NB(mean, θ), summed over X < MAX_COUNT; where that misses
+    more than 0.1 % of the mass (large means, where Jensen's gap is small) the plug-in value instead.
+    Sixteen cells at a time: cells × genes × MAX_COUNT terms."""
+    counts = torch.arange(MAX_COUNT, dtype=mean.dtype, device=mean.device)
+    parts = []
+    for part_mean, part_library in zip(mean.split(16), library.split(16)):
+        probability = negative_binomial_log_prob(counts, part_mean[..., None], theta[:, None]).exp()
+        expected = (probability * torch.log1p(TARGET_SUM * counts / part_library[..., None])).sum(-1)
+        plug_in = torch.log1p(TARGET_SUM * part_mean / part_library)
+        parts.append(torch.where(probability.sum(-1) > 0.999, expected, plug_in))
+    return torch.cat(parts)
+
+
+def expected_counts(log_expression: np.ndarray, library: np.ndarray) -> np.ndarray:
+    return np.maximum(library * np.expm1(log_expression) / TARGET_SUM, MIN_MEAN)
+
+
+def moment_theta(counts: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each gene's inverse dispersion by moments, var = μ + μ²/θ, given per-cell means (clipped to [10⁻³, 10⁴])."""
+    excess = ((counts - mean) ** 2 - mean).sum(0)
+    return np.clip((mean**2).sum(0) / np.maximum(excess, 1e-12), 1e-3, 1e4)
+
+
+def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -> float:
+    values = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (counts, mean, theta)))
+    return float(values.mean())
+
+
+def evaluate(ckpt: Path, device: str, max_cells: int) -> dict:
+    plan, record = load_plan(ckpt, map_location=device)
+    plan.eval()
+    datamodule = rebuild_datamodule(record)
+    datamodule.setup("fit")
+    preprocessor = datamodule.preprocessor
+    train = collect(plan, preprocessor, datamodule.train_dataloader(), device, max_cells, held_out=False)
+    loader, held_out, _ = held_out_loader(datamodule, None)
+    test = collect(plan, preprocessor, loader, device, max_cells, held_out=True)
+    pca = fit_pca(train["truth"])
+    yardsticks = {  # name → (train reconstruction, held-out reconstruction), log-normalised
+        "pca50": (pca.inverse_transform(pca.transform(train["truth"])), pca.inverse_transform(pca.transform(test["truth"]))),
+        "training_mean": (np.broadcast_to(train["truth"].mean(0), train["truth"].shape), np.broadcast_to(train["truth"].mean(0), test["truth"].shape)),
+        "model": (train.get("recon"), test["recon"]),
+    }  # fmt: skip
+    log_mse = {name: mse(recon, test["truth"]) for name, (_, recon) in yardsticks.items()}
+    nb_ll = {}
+    for name, (train_recon, recon) in yardsticks.items():
+        if name == "model" and plan.vae.likelihood == "nb":
+            nb_ll[name] = nb_log_likelihood(test["counts"], test["mean"], plan.vae.log_theta.detach().exp().cpu().numpy())
+            continue
+        theta = moment_theta(train["counts"], expected_counts(train_recon, train["library"]))
+        nb_ll[name] = nb_log_likelihood(test["counts"], expected_counts(recon, test["library"]), theta)
+    return {
+        "checkpoint": str(ckpt),
+        "data": record["data"].get("source"),
+        "likelihood": plan.vae.likelihood,
+        "hidden": list(plan.hparams.hidden),
+        "epochs": record.get("epoch"),
+        "held_out": held_out,
+        "train_cells": len(train["truth"]),
+        "held_out_cells": len(test["truth"]),
+        "genes": train["truth"].shape[1],
+        "log_expression_mse": log_mse,
+        "nb_log_likelihood": nb_ll,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality/rna"), help="folder for rna_quality.json")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most")
+    args = parser.parse_args()
+    results = [evaluate(ckpt, args.device, args.max_cells) for ckpt in args.checkpoints]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / "rna_quality.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    print("| data | likelihood | hidden | epochs | held-out cells × genes | log-expression MSE: model / PCA-50 / mean | NB log-lik.: model / PCA-50 / mean |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        m, ll = r["log_expression_mse"], r["nb_log_likelihood"]
+        print(f"| {r['data']} | {r['likelihood']} | {r['hidden']} | {r['epochs']} | {r['held_out_cells']} × {r['genes']} ({r['held_out']}) "
+              f"| {m['model']:.4f} / {m['pca50']:.4f} / {m['training_mean']:.4f} | {ll['model']:.4f} / {ll['pca50']:.4f} / {ll['training_mean']:.4f} |")  # fmt: skip
+    print(f"\nwritten to {args.out / 'rna_quality.json'}")
+
+
+if __name__ == "__main__":
+    main()
