@@ -40,7 +40,8 @@ def written(cli) -> str:
     from wbcvae.checkpoints import KINDS
 
     trainer = cli.trainer
-    folder = trainer.log_dir or trainer.default_root_dir
+    # not `trainer.log_dir`: a collective under DDP, and only rank zero prints
+    folder = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
     checkpoint = trainer.checkpoint_callback
     if cli.subcommand == "fit" and checkpoint is not None and checkpoint.best_model_path:
         return f"wrote {KINDS[cli.kind][0]} checkpoint {checkpoint.best_model_path} (best val/loss; last: {checkpoint.last_model_path or 'none'}), metrics in {folder}"
