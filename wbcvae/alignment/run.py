@@ -33,6 +33,7 @@ from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, report_section
 from wbcvae.training.embed import EMBEDDING_KEY, embed
 from wbcvae.training.loggers import build_loggers
+from wbcvae.training.rng_state import RandomStateInCheckpoint
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.utils.config import check_types, resolve_config
 
@@ -150,19 +151,23 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
     truth = _ground_truth(config, module, rna)
     settings = TrajectorySettings.from_mapping(config.trajectory)
     trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories")
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    # the latest epoch as last.ckpt after every epoch, so that a killed run resumes from it (Lightning 2.6
+    # writes a `save_last` checkpoint only in a step that saved another one: with save_top_k=0, at the end)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1)
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
         logger=loggers,
-        callbacks=[checkpoint, trajectories],
+        callbacks=[checkpoint, trajectories, RandomStateInCheckpoint()],  # a resumed run draws as an unbroken one
         default_root_dir=config.out,
     )
     data = FeatureDataModule(config.features, batch_size=config.batch_size, seed=config.seed)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    last = Path(checkpoint.last_model_path)
+    if not module.last_metrics:  # resumed from the final epoch's checkpoint: nothing was validated in this process
+        trainer.validate(module, datamodule=data, verbose=False)
+    last = Path(checkpoint.best_model_path)  # with no monitor: the latest epoch
     if not trainer.is_global_zero:
         return AlignmentRun(module, run_dir, last, {}, run_dir / "report" / "index.html")
     metrics, sections = _alignment_outputs(module, run_dir, trajectories)
