@@ -30,6 +30,9 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()  # now rather than at exit, so its sync hint comes before our closing line
     if cli.trainer.is_global_zero:
         print(written(cli))
     return 0
