@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
@@ -20,8 +21,9 @@ from wbcvae.report import Section, write_report
 from wbcvae.trajectory import kinetics as kinetics_module
 from wbcvae.trajectory.decode import as_decoder, decode_path, save_gif, save_image_strip
 from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
-from wbcvae.trajectory.kinetics import cluster_kinetics, znormalise
+from wbcvae.trajectory.kinetics import change_and_spread, change_threshold_z, cluster_kinetics, znormalise
 from wbcvae.trajectory.presets import PRESETS
+from wbcvae.trajectory.pseudotime import data_anchors, path_cells
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
 from wbcvae.trajectory.run import TrajectorySettings, report_section, run_trajectory
 
@@ -60,7 +62,9 @@ def test_gp_path_passes_through_its_centroid_anchors():
     assert var.max() < 1e-3
     path = gp.trajectory(steps=25, num_samples=3)
     assert path.mean.shape == (25, DIM) and path.variance.shape == (25, DIM) and path.samples.shape == (3, 25, DIM)
-    np.testing.assert_allclose(path.samples[:, 0].numpy(), np.repeat(centroids[:1], 3, 0), atol=0.05 * np.abs(centroids).max())
+    # Samples are cells drawn along the path: the path plus the scatter of the first anchor's class.
+    offsets = (path.samples[:, 0] - path.mean[0]).numpy()
+    assert 0.5 < offsets.std() / anchors.scatter[0].mean().sqrt().item() < 2
     # The mean path follows the curve the classes lie on.
     assert np.abs(path.mean.numpy() - curve(np.linspace(1 / 8, 7 / 8, 25))).max() < np.abs(centroids).max()
 
@@ -92,6 +96,44 @@ def test_anchors_name_a_missing_class():
         class_anchors(latent, classes, ("a", "b"), mode="median")
 
 
+def cells_on_a_bend(n=300, seed=0):
+    """Cells along a half circle (radius 3, in the first two of DIM dimensions): the first third
+    labelled `a`, the rest `b`, as the synthetic monocytic lineage (myeloblast, then monocyte)."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0, 1, n))
+    latent = np.zeros((n, DIM))
+    latent[:, 0], latent[:, 1] = 3 * np.cos(np.pi * t), 3 * np.sin(np.pi * t)
+    latent += 0.1 * rng.normal(size=latent.shape)
+    return latent.astype(np.float32), np.where(t < 1 / 3, "a", "b"), t
+
+
+def test_data_path_follows_a_bent_trajectory_that_the_chord_cuts_across():
+    latent, classes, t = cells_on_a_bend()
+    cells = path_cells(latent, classes, ("a", "b"))
+    assert spearmanr(cells.dpt, t[cells.rows]).statistic > 0.98  # DPT rooted at the far end of `a`
+    data = LatentPathGP(data_anchors(latent, classes, cells), **FAST).trajectory(steps=41, num_samples=0)
+    chord = LatentPathGP(class_anchors(latent, classes, ("a", "b")), **FAST).trajectory(steps=41, num_samples=0)
+
+    def distance_to_the_bend(points):  # nearest of 1,000 points of the noise-free half circle
+        bend = np.stack([3 * np.cos(np.linspace(0, np.pi, 1000)), 3 * np.sin(np.linspace(0, np.pi, 1000))], 1)
+        return np.linalg.norm(points[:, None, :2] - bend[None], axis=-1).min(1)
+
+    assert distance_to_the_bend(data.mean.numpy()).max() < 0.3  # along the cells all the way
+    assert distance_to_the_bend(chord.mean.numpy()[20:21]) > 1.0  # the chord's middle misses the bend
+    # The data path spans the lineage; the chord only runs between the two classes' middles.
+    assert spearmanr(np.arange(41), distance_to_the_bend(data.mean.numpy())).statistic < 0.5
+    assert data.mean[0, 0] > 2.5 and data.mean[-1, 0] < -2.5
+
+
+def test_data_path_needs_its_end_classes_connected():
+    latent, classes, _ = cells_on_a_bend()
+    latent[classes == "b"] += 100.0  # two clouds, no cells in between
+    with pytest.raises(InputError, match="does not reach 'b'"):
+        path_cells(latent, classes, ("a", "b"))
+    with pytest.raises(InputError, match="no cells of class 'c'"):
+        path_cells(latent, classes, ("a", "c"))
+
+
 # --- gene kinetics ----------------------------------------------------------------------------------
 
 
@@ -118,7 +160,7 @@ def known_curves(per_kind=25, steps=60, seed=0):
 def test_kshape_names_recover_known_up_down_transient_flat_curves():
     expression, truth, t = known_curves()
     genes = [f"g{i}" for i in range(len(truth))]
-    result = cluster_kinetics(expression, genes, t, k=4)
+    result = cluster_kinetics(expression, genes, t, spread=np.full(expression.shape, 0.01))
     table = result.table.set_index("gene").loc[genes]
     assert np.isfinite(result.curves.to_numpy()).all()
     assert (table["shape"].to_numpy() == truth).mean() == 1.0
@@ -128,14 +170,48 @@ def test_kshape_names_recover_known_up_down_transient_flat_curves():
         assert members.sort_values("rank")["change"].is_monotonic_decreasing
 
 
+@pytest.mark.parametrize("n_shapes", [3, 5])
+def test_the_number_of_clusters_is_the_number_of_shapes(n_shapes):
+    """Curves of n distinct shapes (up, down, a bump, a dip, two bumps) with a little noise: the
+    silhouette picks k = n among 3 … 6."""
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 1, 50)
+    shapes = [
+        1 / (1 + np.exp(-(t - 0.5) * 20)),
+        1 / (1 + np.exp((t - 0.5) * 20)),
+        np.exp(-((t - 0.5) ** 2) / 0.01),
+        -np.exp(-((t - 0.5) ** 2) / 0.01),
+        np.exp(-((t - 0.25) ** 2) / 0.004) + np.exp(-((t - 0.75) ** 2) / 0.004),
+    ][:n_shapes]
+    curves = np.array([shape * rng.uniform(0.5, 1.5) + rng.normal(0, 0.02, len(t)) for shape in shapes for _ in range(12)]).T
+    result = cluster_kinetics(curves, [f"g{i}" for i in range(curves.shape[1])], t, k_range=(3, 6))
+    assert result.k_used == n_shapes and max(result.silhouettes, key=result.silhouettes.get) == n_shapes
+    assert adjusted_rand_score(np.repeat(np.arange(n_shapes), 12), result.table.set_index("gene").loc[[f"g{i}" for i in range(curves.shape[1])], "cluster"]) == 1.0
+
+
+def test_a_gene_is_changed_when_its_change_exceeds_the_spread_of_cells_along_the_path():
+    t = np.linspace(0, 1, 100)
+    rising = 1 / (1 + np.exp(-(t - 0.5) * 15))
+    # Same decoded curves, two spreads: a rise of 0.3 against a per-step sd of 0.02 and of 0.2.
+    curves = np.stack([0.3 * rising, 0.3 * rising, 0.01 * rising, np.zeros_like(t)], axis=1)
+    spread = np.stack([np.full_like(t, 0.02), np.full_like(t, 0.2), np.full_like(t, 0.002), np.full_like(t, 0.02)], axis=1)
+    change, change_sd = change_and_spread(curves, spread)
+    np.testing.assert_allclose(change_sd, np.hypot(spread[0], spread[0]))
+    result = cluster_kinetics(curves, ["clear", "noisy", "small", "constant"], t, spread=spread)
+    shapes = result.table.set_index("gene")["gene_shape"]
+    assert shapes.to_dict() == {"clear": "up", "noisy": "flat", "small": "up", "constant": "flat"}
+    # The bar: 5 % family-wise over the steps, about 3.5 sd of the change for 100 steps.
+    assert change_threshold_z(100) == pytest.approx(3.48, abs=0.01) and change_threshold_z(10) < change_threshold_z(100)
+
+
 def test_kshape_pitfalls_constant_curves_duplicates_and_empty_clusters(monkeypatch):
     t = np.linspace(0, 1, 40)
-    constant = cluster_kinetics(np.ones((40, 5)), list("abcde"), t, k=3)
+    constant = cluster_kinetics(np.ones((40, 5)), list("abcde"), t)
     assert set(constant.table["shape"]) == {"flat"} and constant.k_used == 0
     assert np.array_equal(znormalise(np.ones((2, 5))), np.zeros((2, 5)))
-    # Three distinct curves repeated: k = 6 asks for more clusters than there are shapes.
+    # Three distinct curves repeated: k up to 6 asks for more clusters than there are shapes.
     base = np.stack([t, 1 - t, np.exp(-((t - 0.5) ** 2) / 0.02)], axis=1)
-    repeated = cluster_kinetics(np.repeat(base, 4, axis=1), [f"g{i}" for i in range(12)], t, k=6)
+    repeated = cluster_kinetics(np.repeat(base, 4, axis=1), [f"g{i}" for i in range(12)], t, k_range=(3, 6))
     assert repeated.k_used <= 3
     assert sorted(repeated.table["cluster"].unique()) == list(range(repeated.k_used))
     # Every initialisation leaves a cluster empty for k > 2: tslearn would keep stale labels; we ask for fewer.
@@ -151,7 +227,7 @@ def test_kshape_pitfalls_constant_curves_duplicates_and_empty_clusters(monkeypat
 
     monkeypatch.setattr(kinetics_module._VectorisedKShape, "_fit_one_init", failing)
     expression, truth, _ = known_curves(per_kind=6)
-    fallback = cluster_kinetics(expression, [f"g{i}" for i in range(len(truth))], k=4)
+    fallback = cluster_kinetics(expression, [f"g{i}" for i in range(len(truth))], k_range=(3, 4))
     assert fallback.k_used == 2 and fallback.table["cluster"].max() == 1
 
 
@@ -238,35 +314,46 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     kinds = ["up", "down", "transient", "flat"] * 8
     genes = [f"G{i:02d}" for i in range(len(kinds))]
     truth = GroundTruth(latent, np.full(len(t), "granulocytic"), t, pd.DataFrame({"kinetic_granulocytic": kinds}, index=genes))
-    settings = TrajectorySettings(waypoints=True, steps=40, samples=3, k=4, **FAST)
+    settings = TrajectorySettings(steps=40, samples=3, k_range=(3, 4), **FAST)
     result = run_trajectory(preset, latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
     m = result.metrics
+    assert result.trajectory.anchors.mode == "quantiles" and m["anchors"] == 10
     assert m["pseudotime_spearman"] > 0.95
     assert m["ari_shapes"] > 0.9 and m["shape_accuracy"] > 0.95 and m["genes_compared"] == len(genes)
     assert (m["genes_up"], m["genes_down"], m["genes_transient"], m["genes_flat"]) == (8, 8, 8, 8)
+    assert m["transient_recall"] == 1.0 and "chord_ari_shapes" in m and m["chord_anchors"] == 2
     folder = tmp_path / "granulopoiesis"
-    for name in ("strip.png", "path.gif", "heatmap.png", "markers.png", "genes.csv", "path.csv", "kinetics.csv", "clusters.csv"):
+    for name in ("strip.png", "path.gif", "heatmap.png", "markers.png", "paths.png", "genes.csv", "path.csv", "kinetics.csv", "clusters.csv"):
         assert (folder / name).is_file(), name
     assert pd.read_csv(folder / "genes.csv").shape == (40, len(genes) + 1)
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
-    stretch = run_trajectory("neutrophil_maturation", latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
+    settings.compare_chord = False
+    stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
     assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
 
 
-def test_rna_only_path_decodes_genes_and_reads_the_known_markers(tmp_path):
+def test_rna_only_path_decodes_genes_and_reads_the_known_markers_beside_their_dpt_trend(tmp_path):
     preset = PRESETS["monocytopoiesis"]
-    latent, classes, _ = clusters_along_a_curve(preset.series, per_class=10, noise=0.05)
+    latent, classes, t = clusters_along_a_curve(preset.series, per_class=20, noise=0.05)
     kinds = ["down", "up", "transient", "up", "flat", "down"]
     genes = ["CD34", "LYZ", "S100A8", "G3", "G4", "G5"]  # S100A8 planted transient: it must disagree
-    settings = TrajectorySettings(waypoints=True, steps=20, samples=2, k=2, **FAST)
-    result = run_trajectory(preset, latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings)
+    decoder = planted_gene_decoder(kinds)
+    # The real cells' expression: the planted genes at each cell's latent, CD34 reversed (anti-correlated).
+    expression = pd.DataFrame(decoder(torch.as_tensor(latent)).numpy()[:, :3], columns=genes[:3])
+    expression["CD34"] = -expression["CD34"]
+    settings = TrajectorySettings(path="chord", waypoints=True, steps=20, samples=2, k_range=(3, 3), **FAST)
+    chord = run_trajectory(preset, latent, classes, None, decoder, genes, tmp_path / "chord", settings, expression=expression)
+    assert "markers_dpt" not in chord.files  # the chord has no DPT to read trends along
+    result = run_trajectory(preset, latent, classes, None, decoder, genes, tmp_path, TrajectorySettings(steps=20, samples=2, k_range=(3, 3), **FAST), expression=expression)
     assert result.decoded.images is None and result.decoded.image_std is None and result.decoded.gene_std.shape == (20, 6)
-    assert {"strip", "gif"}.isdisjoint(result.files) and (tmp_path / "monocytopoiesis" / "markers.png").is_file()
+    assert {"strip", "gif"}.isdisjoint(result.files) and (tmp_path / "monocytopoiesis" / "markers_dpt.png").is_file()
     assert not (tmp_path / "monocytopoiesis" / "strip.png").exists()
     markers = result.tables["markers"].set_index("gene")
     assert list(markers["curve"]) == ["down", "up", "transient"] and list(markers["agrees"]) == [True, True, False]
+    assert markers.at["LYZ", "dpt_correlation"] > 0.9 and markers.at["CD34", "dpt_correlation"] < -0.9
     section = report_section(result)
-    assert [Path(f).name for f in section.figures] == ["heatmap.png", "markers.png"] and "strip" not in section.text
+    assert [Path(f).name for f in section.figures] == ["paths.png", "heatmap.png", "markers.png", "markers_dpt.png"]
+    assert "strip" not in section.text and "diffusion-pseudotime quantiles" in section.text
     assert "CD34 down, LYZ up, S100A8 transient (expected up); 2 of 3 agree" in section.text
 
 
@@ -299,7 +386,8 @@ def test_callback_at_fit_end_then_cli_from_the_checkpoint(tmp_path, capsys, monk
     assert LATENT < DIM  # stand-ins above are unrelated to the tiny joint model
     image, rna = tiny_plans()
     module = JointAlignmentModule(image, rna, tiny_rna_cells(), gene_names=[f"G{i}" for i in range(12)])
-    callback = TrajectoryCallback(("monocytopoiesis",), TrajectorySettings(steps=10, samples=2, k=2, **FAST))
+    # Two clouds without cells in between: no data path, the chord (with a warning).
+    callback = TrajectoryCallback(("monocytopoiesis",), TrajectorySettings(steps=10, samples=2, k_range=(3, 3), **FAST))
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
     trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     data = tiny_image_data(n=16)
@@ -312,10 +400,10 @@ def test_callback_at_fit_end_then_cli_from_the_checkpoint(tmp_path, capsys, monk
 
     monkeypatch.setattr(cli_main, "COMMANDS", ("trajectory",))
     out = tmp_path / "cli"
-    args = ["trajectory", "--ckpt", str(ckpt), "--preset", "neutrophil_maturation", "--out", str(out), "--steps", "10", "--samples", "2", "--k", "2"]
+    args = ["trajectory", "--ckpt", str(ckpt), "--preset", "neutrophil_maturation", "--out", str(out), "--steps", "10", "--samples", "2", "--k-range", "3", "3", "--path", "chord"]
     assert cli_main.main(args) == 0
     assert (out / "neutrophil_maturation" / "kinetics.csv").is_file() and (out / "report" / "index.html").is_file()
     assert "report:" in capsys.readouterr().out
     # Granulopoiesis with waypoints needs promyelocytes, which this model never saw: one clear line, exit 2.
-    assert cli_main.main(["trajectory", "--ckpt", str(ckpt), "--preset", "granulopoiesis", "--waypoints", "--out", str(out)]) == 2
+    assert cli_main.main(["trajectory", "--ckpt", str(ckpt), "--preset", "granulopoiesis", "--path", "chord", "--waypoints", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err

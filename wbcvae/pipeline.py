@@ -175,6 +175,7 @@ def _real_rna(run: Run) -> Outputs:
     markers go up and down on real RNA as they do in the synthetic world? Skipped without the data."""
     from wbcvae.trajectory.decode import as_decoder
     from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
+    from wbcvae.trajectory.pseudotime import cell_expression
     from wbcvae.trajectory.run import run_trajectory
     from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
 
@@ -207,8 +208,10 @@ def _real_rna(run: Run) -> Outputs:
         description=f"Real RNA: {' → '.join(path)}",
         expected_markers=markers.expected_markers,
     )
+    expression = cell_expression(source, cells.obs_names, list(markers.expected_markers))  # the DPT-trend baseline
     result = run_trajectory(
-        preset, cells.obsm[EMBEDDING_KEY], cell_types.tolist(), None, as_decoder(plan.vae), genes, folder / "trajectory", trajectory_settings
+        preset, cells.obsm[EMBEDDING_KEY], cell_types.tolist(), None, as_decoder(plan.vae), genes, folder / "trajectory",
+        trajectory_settings, expression=expression,
     )
     return {
         "checkpoint": trained["checkpoint"],

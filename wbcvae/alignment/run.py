@@ -29,6 +29,8 @@ from wbcvae.errors import InputError
 from wbcvae.features.datamodule import FeatureDataModule
 from wbcvae.report.html import Section, to_jsonable, write_csv, write_report
 from wbcvae.trajectory.callback import TrajectoryCallback
+from wbcvae.trajectory.presets import get_preset
+from wbcvae.trajectory.pseudotime import cell_expression
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, report_section
 from wbcvae.training.embed import EMBEDDING_KEY, embed
@@ -150,7 +152,9 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
     module, rna = build_module(config, run_dir)
     truth = _ground_truth(config, module, rna)
     settings = TrajectorySettings.from_mapping(config.trajectory)
-    trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories")
+    markers = sorted({gene for name in config.trajectories for gene in get_preset(name).expected_markers})
+    expression = cell_expression(config.rna, rna.obs_names, markers)  # the DPT-trend baseline beside each curve
+    trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories", expression)
     # the latest epoch as last.ckpt after every epoch, so that a killed run resumes from it (Lightning 2.6
     # writes a `save_last` checkpoint only in a step that saved another one: with save_top_k=0, at the end)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1)

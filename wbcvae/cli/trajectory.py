@@ -17,11 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traj.add_argument("--ckpt", type=Path, required=True, help="joint alignment checkpoint (wbcvae align)")
     traj.add_argument("--preset", action="append", choices=sorted(PRESETS), help="repeat for several (default: all)")
     traj.add_argument("--out", type=Path, default=None, help="output folder (default: beside the checkpoint, trajectories/)")
-    traj.add_argument("--waypoints", action="store_true", help="anchor every stage of the series, not only its two ends")
+    traj.add_argument("--path", choices=("data", "chord"), default="data",
+                      help="data: through diffusion-pseudotime quantiles of the cells (default); chord: the study's class anchors")
+    traj.add_argument("--waypoints", action="store_true", help="chord: anchor every stage of the series, not only its two ends")
     traj.add_argument("--anchor-mode", choices=("centroid", "cells"), default="centroid")
     traj.add_argument("--steps", type=int, default=100)
     traj.add_argument("--samples", type=int, default=16, help="posterior paths decoded for the uncertainty")
-    traj.add_argument("--k", type=int, default=4, help="k-Shape clusters")
+    traj.add_argument("--k-range", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"),
+                      help="k-Shape cluster counts tried; the best silhouette wins")
     traj.add_argument("--seed", type=int, default=0)
     traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
     traj.set_defaults(run=_trajectory)
@@ -38,7 +41,13 @@ def _trajectory(args: argparse.Namespace) -> None:
     module = load_alignment(args.ckpt)
     out = args.out or args.ckpt.resolve().parent.parent / "trajectories"
     settings = TrajectorySettings(
-        waypoints=args.waypoints, anchor_mode=args.anchor_mode, steps=args.steps, samples=args.samples, k=args.k, seed=args.seed
+        path=args.path,
+        waypoints=args.waypoints,
+        anchor_mode=args.anchor_mode,
+        steps=args.steps,
+        samples=args.samples,
+        k_range=tuple(args.k_range),
+        seed=args.seed,
     )
     truth = _truth(args.truth, module) if args.truth else None
     results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -30,16 +31,24 @@ def run_presets(
     settings: TrajectorySettings | None = None,
     truth: GroundTruth | None = None,
     image_cells: LabelledLatents | None = None,
+    expression: pd.DataFrame | None = None,
 ) -> dict[str, TrajectoryResult]:
-    """Run each preset on the module's latents; a preset whose classes are missing is skipped with a warning."""
+    """Run each preset on the module's latents; a preset whose classes are missing is skipped with a warning.
+
+    `expression`: the RNA cells' expression of the presets' markers (rows as the module's RNA cells),
+    for the DPT-trend baseline beside each decoded curve.
+    """
     image_cells = image_cells if image_cells is not None else module.image_latents
     cells = LabelledLatents.concat([module.rna_latents(), *([image_cells] if image_cells is not None else [])])
+    if expression is not None:  # image cells have no RNA: NaN rows
+        expression = expression.reset_index(drop=True).reindex(range(len(cells.latent)))
     image_decoder, gene_decoder = as_decoder(module.image_plan.vae), as_decoder(module.rna_plan.vae)
     results = {}
     for name in presets:
         try:
             results[name] = run_trajectory(
-                name, cells.latent, cells.classes, image_decoder, gene_decoder, module.gene_names, out_dir, settings, truth
+                name, cells.latent, cells.classes, image_decoder, gene_decoder, module.gene_names, out_dir, settings, truth,
+                cells.modality, expression,
             )
         except InputError as err:
             rank_zero_warn(f"trajectory {name!r} skipped: {err}")
@@ -56,11 +65,12 @@ class TrajectoryCallback(L.Callback):
         settings: TrajectorySettings | None = None,
         truth: GroundTruth | None = None,
         out_dir: str | Path | None = None,
+        expression: pd.DataFrame | None = None,
     ) -> None:
         unknown = [p for p in presets if p not in PRESETS]
         if unknown:
             raise InputError(f"no trajectory preset {unknown[0]!r}; known: {sorted(PRESETS)}")
-        self.presets, self.settings, self.truth = tuple(presets), settings, truth
+        self.presets, self.settings, self.truth, self.expression = tuple(presets), settings, truth, expression
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.results: dict[str, TrajectoryResult] = {}
 
@@ -73,7 +83,9 @@ class TrajectoryCallback(L.Callback):
             return
         if not isinstance(pl_module, JointAlignmentModule):
             raise TypeError(f"TrajectoryCallback needs a JointAlignmentModule, got {type(pl_module).__name__}")
-        self.results = run_presets(pl_module, self.out_dir, self.presets, self.settings, self.truth, _all_images(trainer, pl_module))
+        self.results = run_presets(
+            pl_module, self.out_dir, self.presets, self.settings, self.truth, _all_images(trainer, pl_module), self.expression
+        )
         for name, result in self.results.items():
             _log_result(trainer, name, result)
 

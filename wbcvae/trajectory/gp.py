@@ -38,7 +38,8 @@ class Anchors:
     t: Tensor
     z: Tensor
     stages: list[str]
-    mode: str = "centroid"
+    mode: str = "centroid"  # or "cells" (learnt noise) or "quantiles" (centroids of pseudotime quantiles)
+    scatter: Tensor | None = None  # n×D: variance of the cells each centroid stands for (None for "cells")
 
 
 def class_anchors(
@@ -57,7 +58,7 @@ def class_anchors(
     latent = torch.as_tensor(np.asarray(latent), dtype=torch.float64)
     classes = np.asarray(classes, dtype=object)
     rng = np.random.default_rng(seed)
-    ts, zs, names = [], [], []
+    ts, zs, scatters, names = [], [], [], []
     for i, stage in enumerate(stages):
         members = np.flatnonzero(classes == stage)
         if len(members) == 0:
@@ -65,13 +66,14 @@ def class_anchors(
             raise InputError(f"no cells of class {stage!r} to anchor the trajectory; classes present: {present}")
         if mode == "centroid":
             points = latent[members].mean(0, keepdim=True)
+            scatters.append(latent[members].var(0, unbiased=False, keepdim=True))
         else:
             chosen = rng.choice(members, size=min(cells_per_stage, len(members)), replace=False)
             points = latent[np.sort(chosen)]
         ts.append(torch.full((len(points),), i / (len(stages) - 1), dtype=torch.float64))
         zs.append(points)
         names += [stage] * len(points)
-    return Anchors(torch.cat(ts), torch.cat(zs), names, mode)
+    return Anchors(torch.cat(ts), torch.cat(zs), names, mode, torch.cat(scatters) if scatters else None)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Trajectory:
     t: Tensor  # N
     mean: Tensor  # N×D
     variance: Tensor  # N×D
-    samples: Tensor  # S×N×D (S may be 0)
+    samples: Tensor  # S×N×D (S may be 0): posterior paths plus the cells' scatter around them
     anchors: Anchors
 
 
@@ -125,7 +127,7 @@ class LatentPathGP:
         self.likelihood = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=noise_constraint).double()
         self.model = _BatchPathGP(t, y, self.likelihood, lengthscale_bounds).double()
         self.model.covar_module.base_kernel.lengthscale = 0.5
-        if anchors.mode == "centroid":
+        if anchors.mode == "centroid":  # class centroids: interpolated (quantiles and cells: noise learnt)
             self.likelihood.noise = CENTROID_NOISE
             self.likelihood.raw_noise.requires_grad_(False)
         else:
@@ -176,13 +178,31 @@ class LatentPathGP:
             torch.random.set_rng_state(generator)
         return (draws.transpose(1, 2) * self.scale + self.offset).float()
 
+    def cell_scatter(self, t: Tensor) -> Tensor:
+        """Variance (N×D) of the cells around the path at pseudotimes `t`: the anchors' scatter
+        interpolated between them, or the learnt noise when the GP was fitted to cells."""
+        if self.anchors.scatter is None:
+            return (self.likelihood.noise.detach() * self.scale**2).expand(len(t), self.dims).clone()
+        order = torch.argsort(self.anchors.t)
+        at, scatter = self.anchors.t[order].numpy(), self.anchors.scatter[order].double().numpy()
+        columns = [np.interp(np.asarray(t, dtype=np.float64), at, scatter[:, j]) for j in range(self.dims)]
+        return torch.as_tensor(np.stack(columns, axis=1))
+
     def trajectory(self, steps: int = 100, num_samples: int = 16, seed: int = 0, name: str = "") -> Trajectory:
-        """Mean, variance and samples on `steps` evenly spaced pseudotimes from 0 to 1."""
+        """Mean, variance and samples on `steps` evenly spaced pseudotimes from 0 to 1.
+
+        The samples are cells drawn along the path: a posterior path plus, at each step, the cells'
+        scatter around it (`cell_scatter`). Decoded, their spread says how much a gene varies among
+        cells at one pseudotime, the yardstick for calling its change along the path real.
+        """
         if steps < 2:
             raise InputError(f"a trajectory needs at least 2 steps, got {steps}")
         t = torch.linspace(0, 1, steps, dtype=torch.float64)
         mean, variance = self.predict(t)
-        return Trajectory(name, t.float(), mean, variance, self.sample(t, num_samples, seed), self.anchors)
+        paths = self.sample(t, num_samples, seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        scatter = torch.randn(paths.shape, generator=generator, dtype=torch.float64) * self.cell_scatter(t).sqrt()
+        return Trajectory(name, t.float(), mean, variance, (paths + scatter).float(), self.anchors)
 
 
 

@@ -1,15 +1,22 @@
-"""Gene kinetics along a decoded path: z-normalised curves, k-Shape clusters named by their shape.
+"""Gene kinetics along a decoded path: flat or changed, z-normalised curves, k-Shape clusters named by shape.
 
-k-Shape (tslearn) compares curve *shapes* after z-normalisation, which brings three pitfalls that
-this module handles instead of passing them on to the user:
-- a (nearly) constant curve has no shape: its z-normalisation divides by zero (NaN) or blows noise
-  up into a shape. Genes whose change along the path is below `flat_fraction` of the typical change
-  of the moving genes are called `flat` and kept out of k-Shape;
-- an initialisation can leave a cluster empty: tslearn then retries and, when every try fails,
-  returns stale labels. We check that a fit succeeded and otherwise ask for one cluster fewer;
-- fewer genes, or fewer distinct curves, than k: k is lowered to what the data can hold.
-Each cluster is named by the shape of its members' mean curve (up / down / transient), not by the
-k-Shape centroid, which k-Shape may have shifted in time.
+A gene is `changed` when its decoded curve moves by more than the cells vary around the path: the
+range of the mean curve (max − min) must exceed z standard deviations of the difference between its
+highest and lowest step, that sd taken from the decoded samples (cells drawn along the path: a
+posterior path plus the cells' scatter; each step's sd, the two steps' combined as if independent).
+The range is the largest of all the step-to-step differences, so z is the two-sided normal quantile
+for a family-wise `level` of 5 % over the path's steps (Bonferroni: z ≈ 3.5 for 100 steps). The rest
+are `flat` and kept out of k-Shape, which compares *shapes* after z-normalisation and would
+otherwise blow a constant curve's noise up into a shape (or divide by zero). Nothing is tuned to
+the data: the yardstick is the cells' own spread.
+
+The number of clusters is chosen, not fixed: k-Shape is fitted for each k in `k_range` and the k with
+the highest silhouette (on k-Shape's own shape-based distance, 1 − max normalised cross-correlation,
+over the changed genes) is kept. The range starts at 3, the number of shapes a changed gene can have. Each cluster is named by the shape of its members' mean curve
+(up / down / transient), not by the k-Shape centroid, which k-Shape may have shifted in time.
+k-Shape's other pitfalls are handled here too: an initialisation can leave a cluster empty (tslearn
+then returns stale labels: we check and ask for one cluster fewer), and there can be fewer distinct
+curves than k.
 
 tslearn's k-Shape computes each cross-correlation in numba object mode, one pair at a time (minutes
 for a few thousand genes, plus a numba compilation per process); `_VectorisedKShape` keeps tslearn's
@@ -25,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import norm
+from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 from tslearn.clustering import KShape
 
@@ -32,6 +41,8 @@ from wbcvae.report.html import save_figure
 
 SHAPES = ("up", "down", "transient", "flat")
 FLAT = "flat"
+K_RANGE = (3, 6)  # k-Shape cluster counts tried (at least one per shape); the silhouette picks one
+SILHOUETTE_GENES = 600  # the silhouette is computed on at most this many changed genes (a fixed random subset)
 
 
 @dataclass
@@ -39,17 +50,18 @@ class GeneKinetics:
     """k-Shape result for one path.
 
     `table`: one row per gene, sorted by cluster then rank: gene, cluster, shape (the cluster's),
-    gene_shape (the gene's own curve named alone), change (range along the path), net_change (end −
-    start), peak_t, half_t (when the gene is first halfway through its change), rank (by change);
-    `cluster` −1 is the flat group. `curves`: z-normalised curves indexed by gene (genes × steps;
-    zeros for flat genes).
+    gene_shape (the gene's own curve named alone), change (range along the path), spread (sd of that
+    range over the posterior), net_change (end − start), peak_t, half_t (when the gene is first halfway
+    through its change), rank (by change); `cluster` −1 is the flat group. `curves`: z-normalised
+    curves indexed by gene (genes × steps; zeros for flat genes). `silhouettes`: k → silhouette of
+    the k-Shape fit with k clusters (the chosen `k_used` has the highest).
     """
 
     table: pd.DataFrame
     curves: pd.DataFrame
     t: np.ndarray
-    k_requested: int
     k_used: int
+    silhouettes: dict[int, float]
 
     def shapes(self) -> pd.Series:
         """Shape of each gene's cluster, indexed by gene."""
@@ -76,37 +88,57 @@ def shape_of(curve: np.ndarray, transient_ratio: float = 0.5, end_fraction: floa
     return "up" if net > 0 else "down"
 
 
+def change_and_spread(expression: np.ndarray, spread: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per gene of a steps × genes matrix: its range (max − min) and the sd of that range over the
+    posterior, from the per-step sd `spread` at its highest and lowest steps (zeros without spread)."""
+    curves = np.asarray(expression, dtype=np.float64).T
+    change = curves.max(1) - curves.min(1)
+    if spread is None:
+        return change, np.zeros_like(change)
+    sd = np.asarray(spread, dtype=np.float64).T
+    genes = np.arange(len(curves))
+    return change, np.hypot(sd[genes, curves.argmax(1)], sd[genes, curves.argmin(1)])
+
+
+def change_threshold_z(steps: int, level: float = 0.05) -> float:
+    """Two-sided normal quantile for a family-wise `level` over `steps` comparisons (Bonferroni)."""
+    return float(norm.ppf(1 - level / (2 * steps)))
+
+
 def cluster_kinetics(
     expression: np.ndarray,
     gene_names: Sequence[str],
     t: np.ndarray | None = None,
-    k: int = 4,
-    flat_fraction: float = 0.25,
+    spread: np.ndarray | None = None,
+    level: float = 0.05,
+    k_range: tuple[int, int] = K_RANGE,
     n_init: int = 3,
     seed: int = 0,
 ) -> GeneKinetics:
-    """Cluster the curves of a steps × genes matrix with k-Shape and name each cluster by its shape.
+    """Call each gene of a steps × genes matrix flat or changed, cluster the changed genes' curves
+    with k-Shape (k chosen by silhouette within `k_range`) and name each cluster by its shape.
 
-    `flat_fraction`: a gene whose range along the path is below this fraction of the 95th percentile
-    of all genes' ranges is `flat`. Decoders are not exact: on the synthetic world, genes that are
-    truly flat decode with ranges up to about a quarter of the moving genes' (hence 0.25).
+    `spread` (steps × genes): the per-step sd of the decoded samples. A gene is changed when its range
+    exceeds z sds of that range, z for a family-wise `level` over the steps (see the module
+    docstring); without `spread`, when it moves at all.
     """
     expression = np.asarray(expression, dtype=np.float64)
     steps, n_genes = expression.shape
     if n_genes != len(gene_names):
         raise ValueError(f"{n_genes} gene curves but {len(gene_names)} gene names")
+    if spread is not None and np.shape(spread) != expression.shape:
+        raise ValueError(f"spread has shape {np.shape(spread)}, the curves {expression.shape}")
     t = np.linspace(0, 1, steps) if t is None else np.asarray(t)
     curves = expression.T  # genes × steps
-    change = curves.max(1) - curves.min(1)
-    reference = np.percentile(change, 95) if n_genes else 0.0
-    moving = change > max(flat_fraction * reference, 1e-9)
+    change, change_sd = change_and_spread(expression, spread)
+    moving = (change > change_threshold_z(steps, level) * change_sd) & (change > 1e-9)
     z = znormalise(curves)
     z[~moving] = 0.0
 
     labels = np.full(n_genes, -1)
-    k_used = 0
+    k_used, silhouettes = 0, {}
     if moving.any():
-        labels[moving], k_used = _kshape(z[moving], k, n_init, seed)
+        labels[moving], k_used, silhouettes = choose_k(z[moving], k_range, n_init, seed)
     cluster_shape = {-1: FLAT}
     for c in range(k_used):
         cluster_shape[c] = shape_of(z[labels == c].mean(0))
@@ -118,6 +150,7 @@ def cluster_kinetics(
             "shape": [cluster_shape[c] for c in labels],
             "gene_shape": [shape_of(row) if m else FLAT for row, m in zip(z, moving)],
             "change": change,
+            "spread": change_sd,
             "net_change": curves[:, -1] - curves[:, 0],
             "peak_t": t[curves.argmax(1)],
             "half_t": t[_half_change_step(curves)],
@@ -126,13 +159,43 @@ def cluster_kinetics(
     table = _renumber_by_shape(table)
     table["rank"] = table.groupby("cluster")["change"].rank(ascending=False, method="first").astype(int)
     table = table.sort_values(["cluster", "rank"]).reset_index(drop=True)
-    return GeneKinetics(table, pd.DataFrame(z, index=list(gene_names)), t, k, k_used)
+    return GeneKinetics(table, pd.DataFrame(z, index=list(gene_names)), t, k_used, silhouettes)
 
 
 def _half_change_step(curves: np.ndarray) -> np.ndarray:
     """Per curve, the first step at which it has moved half its largest distance from the start."""
     moved = np.abs(curves - curves[:, :1])
     return (moved >= 0.5 * moved.max(1, keepdims=True)).argmax(1)
+
+
+def choose_k(z: np.ndarray, k_range: tuple[int, int], n_init: int, seed: int) -> tuple[np.ndarray, int, dict[int, float]]:
+    """k-Shape for every k in `k_range` (inclusive); the labels and k of the best silhouette on the
+    shape-based distance, and each k's silhouette. One curve, or one distinct shape: one cluster."""
+    sample = np.random.default_rng(seed).permutation(len(z))[:SILHOUETTE_GENES]
+    distances = shape_distances(z[sample])
+    best: tuple[float, np.ndarray, int] | None = None
+    silhouettes: dict[int, float] = {}
+    for k in range(k_range[0], k_range[1] + 1):
+        labels, k_fitted = _kshape(z, k, n_init, seed)
+        if k_fitted in silhouettes or not 2 <= len(np.unique(labels[sample])) < len(sample):
+            continue  # k lowered to one already scored, or a silhouette is undefined
+        score = float(silhouette_score(distances, labels[sample], metric="precomputed"))
+        silhouettes[k_fitted] = score
+        if best is None or score > best[0]:
+            best = (score, labels, k_fitted)
+    if best is None:
+        return np.zeros(len(z), dtype=int), 1, silhouettes
+    return best[1], best[2], silhouettes
+
+
+def shape_distances(z: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """k-Shape's shape-based distance between every pair of rows: 1 − max normalised cross-correlation."""
+    norms = np.linalg.norm(z, axis=1)
+    out = np.empty((len(z), len(z)))
+    for i in range(0, len(z), chunk):
+        out[i : i + chunk] = 1.0 - _normalised_cc(z[i : i + chunk], z, norms[i : i + chunk], norms).max(-1)
+    np.fill_diagonal(out, 0.0)
+    return out.clip(0.0, 2.0)
 
 
 def _kshape(z: np.ndarray, k: int, n_init: int, seed: int) -> tuple[np.ndarray, int]:

@@ -6,7 +6,8 @@ Two numbers per trajectory:
 - adjusted Rand index between k-Shape's clusters and the genes' true kinetics on the path's lineage,
   for the cluster ids (`ari_clusters`: k-Shape may split one kinetic into early and late clusters) and
   for the shape names given to clusters (`ari_shapes`), with the fraction of genes whose cluster's
-  shape is right (`shape_accuracy`) and whose own curve's shape is right (`curve_shape_accuracy`).
+  shape is right (`shape_accuracy`), whose own curve's shape is right (`curve_shape_accuracy`), and
+  per true kinetic the share of its genes whose cluster carries its name (`transient_recall`, …).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from wbcvae.errors import InputError
 from wbcvae.trajectory.gp import Trajectory
-from wbcvae.trajectory.kinetics import GeneKinetics
+from wbcvae.trajectory.kinetics import SHAPES, GeneKinetics
 from wbcvae.trajectory.presets import TrajectoryPreset
 from wbcvae.vocabulary import LINEAGES
 
@@ -54,6 +55,8 @@ def kinetics_agreement(kinetics: GeneKinetics, true_kinetic: pd.Series) -> tuple
         "shape_accuracy": float((truth == shapes).mean()),
         "curve_shape_accuracy": float((truth == curves).mean()),
         "genes_compared": int(len(genes)),
+        # Of the genes with each true kinetic, the share whose cluster carries that name.
+        **{f"{kind}_recall": float((shapes[truth == kind] == kind).mean()) for kind in SHAPES if (truth == kind).any()},
     }
     confusion = pd.crosstab(truth.rename("true_kinetic"), shapes.rename("assigned_shape"))
     return metrics, confusion.reset_index()

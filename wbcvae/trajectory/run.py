@@ -10,6 +10,7 @@ latent has no image decoder, hence no strip and no GIF.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,26 +21,55 @@ import pandas as pd
 
 from wbcvae.errors import InputError
 from wbcvae.report.html import Section, write_csv
-from wbcvae.trajectory.decode import Decoder, DecodedPath, decode_path, save_gene_curves, save_gif, save_image_strip
-from wbcvae.trajectory.gp import LatentPathGP, Trajectory, class_anchors
-from wbcvae.trajectory.kinetics import GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
+from wbcvae.trajectory.decode import (
+    Decoder,
+    DecodedPath,
+    decode_path,
+    save_gene_curves,
+    save_gif,
+    save_image_strip,
+)
+from wbcvae.trajectory.gp import Anchors, LatentPathGP, Trajectory, class_anchors
+from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
+from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
 from wbcvae.trajectory.recovery import GroundTruth
 
 
+PATHS = ("data", "chord")
+
+
 @dataclass
 class TrajectorySettings:
-    """How a path is fitted, decoded and clustered (the defaults are the study's, plus spread)."""
+    """How a path is fitted, decoded and clustered.
 
-    waypoints: bool = False  # anchor every stage of the series, not just the two end points
-    anchor_mode: str = "centroid"  # or "cells": sampled cells per stage, learnt noise
+    `path: data` runs the GP through the centroids of `quantiles` diffusion-pseudotime quantiles of
+    the cells between the two end classes (and, with `compare_chord`, fits the study's chord beside it,
+    its numbers prefixed `chord_`); `path: chord` is the study's: class anchors, the two end classes
+    (or every stage with `waypoints`), at centroids or sampled cells (`anchor_mode`).
+    """
+
+    path: str = "data"
+    quantiles: int = 10
+    compare_chord: bool = True
+    waypoints: bool = False  # chord: anchor every stage of the series, not just the two end points
+    anchor_mode: str = "centroid"  # chord: or "cells", sampled cells per stage, learnt noise
     cells_per_stage: int = 32
     steps: int = 100
-    samples: int = 16  # posterior paths decoded for the uncertainty
-    k: int = 4  # k-Shape clusters
-    flat_fraction: float = 0.25
+    samples: int = 16  # cells drawn along the path and decoded: their spread decides which genes are flat
+    flat_level: float = 0.05  # changed: range beyond the spread at this family-wise level over the steps
+    k_range: tuple[int, int] = K_RANGE  # k-Shape cluster counts tried; the best silhouette wins
     fit_iters: int = 100
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.k_range = tuple(self.k_range)
+        if self.path not in PATHS:
+            raise InputError(f"trajectory path must be one of {PATHS}, got {self.path!r}")
+        if len(self.k_range) != 2 or not 2 <= self.k_range[0] <= self.k_range[1]:
+            raise InputError(f"trajectory k_range must be [min, max] with 2 ≤ min ≤ max, got {list(self.k_range)}")
+        if self.samples < 2:
+            raise InputError(f"trajectory samples must be at least 2 (their spread calls genes flat), got {self.samples}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "trajectory") -> TrajectorySettings:
@@ -62,6 +92,18 @@ class TrajectoryResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
+@dataclass
+class _Walk:
+    """One fitted path, decoded and clustered (the data path, or the chord beside it)."""
+
+    gp: LatentPathGP
+    trajectory: Trajectory
+    decoded: DecodedPath
+    kinetics: GeneKinetics
+    metrics: dict[str, float]
+    confusion: pd.DataFrame | None
+
+
 def run_trajectory(
     preset: TrajectoryPreset | str,
     latent: np.ndarray,
@@ -72,23 +114,33 @@ def run_trajectory(
     out_dir: str | Path,
     settings: TrajectorySettings | None = None,
     truth: GroundTruth | None = None,
+    modality: Sequence[str] | None = None,
+    expression: pd.DataFrame | None = None,
 ) -> TrajectoryResult:
-    """Fit, decode and cluster one preset from labelled latents (any modality, pooled)."""
+    """Fit, decode and cluster one preset from labelled latents (any modality, pooled).
+
+    `modality` (per cell): a data path is read from the RNA cells when they hold both end classes,
+    else from every cell. `expression` (cells × genes, rows as `latent`, NaN for cells without RNA):
+    the real cells' expression of the preset's markers, for the DPT-trend baseline.
+    """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     settings = settings or TrajectorySettings()
-    anchors = class_anchors(
-        latent, classes, preset.stages(settings.waypoints), settings.anchor_mode, settings.cells_per_stage, settings.seed
-    )
-    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters)
-    trajectory = gp.trajectory(settings.steps, settings.samples, settings.seed, name=preset.name)
-    decoded = decode_path(trajectory, image_decoder, gene_decoder, gene_names)
-    kinetics = cluster_kinetics(
-        decoded.genes, decoded.gene_names, decoded.t, k=settings.k, flat_fraction=settings.flat_fraction, seed=settings.seed
-    )
+    cells = None
+    if settings.path == "data":
+        try:
+            cells = path_cells(latent, classes, preset.series, _data_path_rows(classes, modality, preset), settings.quantiles)
+        except InputError as err:  # e.g. end classes in two unconnected clouds: the chord still says something
+            warnings.warn(f"trajectory {preset.name!r}: no data path ({err}); fitting the chord instead", stacklevel=2)
+    anchors = data_anchors(latent, classes, cells) if cells is not None else _chord_anchors(latent, classes, preset, settings)
+    main = _walk(preset, anchors, image_decoder, gene_decoder, gene_names, settings, truth)
+    trajectory, decoded, kinetics = main.trajectory, main.decoded, main.kinetics
     folder = Path(out_dir) / preset.name
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"kinetics": kinetics.table, "clusters": cluster_summary(kinetics)}
-    markers = marker_table(preset, kinetics)
+    trends = None
+    if cells is not None and expression is not None:
+        trends = dpt_trends(cells, expression[[g for g in expression.columns if g in decoded.gene_names]], decoded.t)
+    markers = marker_table(preset, kinetics, decoded, trends)
     if len(markers):
         tables["markers"] = markers
     files = {}
@@ -100,31 +152,87 @@ def run_trajectory(
         "genes": write_csv(decoded.gene_frame(), folder / "genes.csv", index=True),
         "path": write_csv(_path_frame(trajectory), folder / "path.csv"),
     }
+    metrics = dict(main.metrics)
+    if trends is not None and len(markers):
+        shown = [g for g in markers["gene"] if g in trends.columns]
+        if shown:
+            files["markers_dpt"] = save_marker_trends(decoded, trends, shown, folder / "markers_dpt.png")
+            files["dpt_trends"] = write_csv(trends, folder / "dpt_trends.csv", index=True)
+            metrics["dpt_correlation_median"] = float(markers["dpt_correlation"].median())
+    if cells is not None and settings.compare_chord:
+        chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth)
+        metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
+        files["paths_plot"] = save_paths_plot(latent, cells, {"data path": trajectory, "chord": chord.trajectory}, folder / "paths.png", preset.name)
+        if chord.confusion is not None:
+            tables["chord_kinetics_confusion"] = chord.confusion
+    if main.confusion is not None:
+        tables["kinetics_confusion"] = main.confusion
     files |= {name: write_csv(table, folder / f"{name}.csv") for name, table in tables.items()}
+    return TrajectoryResult(preset, trajectory, decoded, kinetics, files, metrics, tables)
+
+
+def _data_path_rows(classes: Sequence[str], modality: Sequence[str] | None, preset: TrajectoryPreset) -> np.ndarray:
+    """Which cells a data path is read from: the RNA cells when they hold both end classes, else all."""
+    everyone = np.ones(len(classes), dtype=bool)
+    if modality is None:
+        return everyone
+    rna = np.asarray(modality) == "rna"
+    held = set(np.asarray(classes, dtype=object)[rna].tolist())
+    return rna if {preset.start, preset.end} <= held else everyone
+
+
+def _chord_anchors(latent: np.ndarray, classes: Sequence[str], preset: TrajectoryPreset, settings: TrajectorySettings):
+    return class_anchors(
+        latent, classes, preset.stages(settings.waypoints), settings.anchor_mode, settings.cells_per_stage, settings.seed
+    )
+
+
+def _walk(
+    preset: TrajectoryPreset,
+    anchors: Anchors,
+    image_decoder: Decoder | None,
+    gene_decoder: Decoder,
+    gene_names: Sequence[str],
+    settings: TrajectorySettings,
+    truth: GroundTruth | None,
+) -> _Walk:
+    """GP through `anchors`, decoded, its genes called flat or changed and clustered, scored against `truth`."""
+    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters)
+    trajectory = gp.trajectory(settings.steps, settings.samples, settings.seed, name=preset.name)
+    decoded = decode_path(trajectory, image_decoder, gene_decoder, gene_names)
+    kinetics = cluster_kinetics(
+        decoded.genes, decoded.gene_names, decoded.t, decoded.gene_std, settings.flat_level, settings.k_range, seed=settings.seed
+    )
     metrics = {
         "lengthscale": gp.lengthscale,
+        "anchors": len(anchors.t),
         "k_used": kinetics.k_used,
         "mean_path_sd": float(trajectory.variance.sqrt().mean()),
         **{f"genes_{shape}": int((kinetics.table["shape"] == shape).sum()) for shape in ("up", "down", "transient", "flat")},
     }
+    confusion = None
     if truth is not None:
         recovered, confusion = truth.score(preset, trajectory, kinetics)
         metrics |= recovered
-        if confusion is not None:
-            tables["kinetics_confusion"] = confusion
-            files["kinetics_confusion"] = write_csv(confusion, folder / "kinetics_confusion.csv")
-    return TrajectoryResult(preset, trajectory, decoded, kinetics, files, metrics, tables)
+    return _Walk(gp, trajectory, decoded, kinetics, metrics, confusion)
 
 
 def report_section(result: TrajectoryResult) -> Section:
     """The report's view of one trajectory: its figures, its tables, and what the numbers mean."""
     m, preset = result.metrics, result.preset
     anchors = result.trajectory.anchors
+    how = (
+        f"through the centroids of {len(anchors.t)} diffusion-pseudotime quantiles of the cells between the end classes"
+        if anchors.mode == "quantiles"
+        else f"through {len(anchors.t)} class anchor point(s) ({anchors.mode}), the study's chord"
+    )
     lines = [
-        f"{preset.description}. GP through {len(anchors.t)} anchor point(s) ({anchors.mode}) at stages "
-        f"{', '.join(dict.fromkeys(anchors.stages))}; RBF lengthscale {m['lengthscale']:.3f} (pseudotime units). "
-        f"Genes by shape: {m['genes_up']} up, {m['genes_down']} down, {m['genes_transient']} transient, "
-        f"{m['genes_flat']} flat (k-Shape with k={m['k_used']}).",
+        f"{preset.description}. GP {how}, at stages {', '.join(dict.fromkeys(anchors.stages))}; RBF lengthscale "
+        f"{m['lengthscale']:.3f} (pseudotime units). A gene is changed when its decoded range exceeds the spread of "
+        f"{result.trajectory.samples.shape[0]} cells drawn along the path (5 % family-wise over the steps), else flat; "
+        "k-Shape on the changed genes with k = "
+        f"{m['k_used']} (best silhouette). Genes by shape: {m['genes_up']} up, {m['genes_down']} down, "
+        f"{m['genes_transient']} transient, {m['genes_flat']} flat.",
     ]
     if "strip" in result.files:
         lines.append(
@@ -135,6 +243,11 @@ def report_section(result: TrajectoryResult) -> Section:
         lines.append(
             "The heatmap shows the z-normalised decoded expression of each cluster's top genes; the curves "
             "their decoded expression with ±2 sd over paths drawn from the GP posterior."
+        )
+    if "markers_dpt" in result.files:
+        lines.append(
+            "Baseline: each marker's mean expression in the real cells binned along scanpy diffusion pseudotime, beside "
+            f"the decoded curve (median Pearson r {m['dpt_correlation_median']:.2f}; per marker in the table)."
         )
     markers = result.tables.get("markers")
     if markers is not None:
@@ -151,16 +264,36 @@ def report_section(result: TrajectoryResult) -> Section:
                 f"{m['curve_shape_accuracy']:.1%} by their own curve"
             )
         lines.append(recovered + ".")
-    figures = [result.files[key] for key in ("strip", "gif", "heatmap", "markers_plot") if key in result.files]
+    if "chord_genes_flat" in m:
+        lines.append(chord_sentence(m))
+    keys = ("strip", "gif", "paths_plot", "heatmap", "markers_plot", "markers_dpt")
+    figures = [result.files[key] for key in keys if key in result.files]
     return Section(f"Trajectory: {preset.name}", "\n\n".join(lines), figures, result.tables)
 
 
-def marker_table(preset: TrajectoryPreset, kinetics: GeneKinetics) -> pd.DataFrame:
+def chord_sentence(m: dict[str, float]) -> str:
+    """The study's chord beside the data path, in the same numbers."""
+    text = (
+        f"The study's chord between the end classes, fitted beside it: {m['chord_genes_up']} up, {m['chord_genes_down']} "
+        f"down, {m['chord_genes_transient']} transient, {m['chord_genes_flat']} flat (k = {m['chord_k_used']})"
+    )
+    if "chord_ari_shapes" in m:
+        text += (
+            f"; ARI {m['chord_ari_clusters']:.3f} (clusters), shape right for {m['chord_shape_accuracy']:.1%}, "
+            f"transient genes found {m['chord_transient_recall']:.1%} (data path: {m['transient_recall']:.1%})"
+        )
+    return text + "."
+
+
+def marker_table(
+    preset: TrajectoryPreset, kinetics: GeneKinetics, decoded: DecodedPath | None = None, trends: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The preset's known markers (those the model keeps): expected shape, the shape of the gene's own
-    decoded curve, and the name of its k-Shape cluster (which, being shift-invariant, can file a
-    transient gene's falling edge with the `down` genes)."""
+    decoded curve, the name of its k-Shape cluster (which, being shift-invariant, can file a
+    transient gene's falling edge with the `down` genes) and, with the real cells' DPT `trends`, the
+    Pearson correlation between the decoded curve and the trend (`dpt_correlation`)."""
     table = kinetics.table.set_index("gene")
-    columns = ["gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "net_change"]
+    columns = ["gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "spread", "net_change", "dpt_correlation"]
     rows = [
         {
             "gene": gene,
@@ -170,12 +303,20 @@ def marker_table(preset: TrajectoryPreset, kinetics: GeneKinetics) -> pd.DataFra
             "cluster_shape": table.at[gene, "shape"],
             "cluster": int(table.at[gene, "cluster"]),
             "change": float(table.at[gene, "change"]),
+            "spread": float(table.at[gene, "spread"]),
             "net_change": float(table.at[gene, "net_change"]),
+            "dpt_correlation": _trend_correlation(decoded, trends, gene),
         }
         for gene, expected in preset.expected_markers.items()
         if gene in table.index
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _trend_correlation(decoded: DecodedPath | None, trends: pd.DataFrame | None, gene: str) -> float:
+    if decoded is None or trends is None or gene not in trends.columns:
+        return float("nan")
+    return trend_correlation(decoded.genes[:, decoded.gene_names.index(gene)], trends[gene].to_numpy())
 
 
 def marker_sentence(markers: pd.DataFrame) -> str:
