@@ -9,7 +9,7 @@ cells of a patient never trained on:
 - latent kNN(5): each test cell's class voted by its 5 nearest training cells in μ-space;
 - training seconds (this machine, this load).
 Writes `ablation.md` (the table), `ablation.json` and `reconstructions.png` (rows: input, target cell in
-its mask, then each variant's reconstruction in its predicted mask) to --out.
+its mask, then each variant's reconstruction in its predicted mask) to --out, rewritten after every variant.
 
     python bench/image_loss_ablation.py --store demo/features/store --epochs 15 --out runs/image_ablation
 """
@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         if not rows:
             rows = [test["target"][columns], cell_on_grey(test["target"][columns], test["mask"][columns])]
         rows.append(cell_on_grey(test["image_hat"][columns], test["mask_logits"][columns].sigmoid()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = table(results, args.epochs, args.store)
-    with atomic_path(args.out / "ablation.md") as tmp:
-        tmp.write_text(text)
-    with atomic_path(args.out / "ablation.json") as tmp:
-        tmp.write_text(json.dumps({"epochs": args.epochs, "seed": args.seed, "store": str(args.store), "results": results}, indent=2))
-    save_figure(rows, args.out / "reconstructions.png")
+        # Written after every variant, so a long run that is stopped still leaves the variants it finished.
+        text = table(results, args.epochs, args.store)
+        with atomic_path(args.out / "ablation.md") as tmp:
+            tmp.write_text(text)
+        with atomic_path(args.out / "ablation.json") as tmp:
+            tmp.write_text(json.dumps({"epochs": args.epochs, "seed": args.seed, "store": str(args.store), "results": results}, indent=2))
+        save_figure(rows, args.out / "reconstructions.png")
     print(text)
 
 
