@@ -20,7 +20,7 @@ from wbcvae.data.synthetic.cells import draw_cell, patient_stain
 from wbcvae.data.synthetic.programme import RNA_CLASSES, RNA_LINEAGES, programme_as_dict, sample_cells
 from wbcvae.data.synthetic.transcriptome import MARKERS, GeneProgramme, make_gene_programme, simulate_counts
 from wbcvae.errors import InputError
-from wbcvae.utils.atomic import atomic_path
+from wbcvae.utils.atomic import atomic_path, write_h5ad
 from wbcvae.vocabulary import CLASSES
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def write_world(
         rng = _rng(seed, "rna_cells")
         rna = _with_patients(sample_cells(dict(zip(RNA_CLASSES, per_class, strict=True)), rng), patients, rng)
         counts = simulate_counts(rna, genes, _rng(seed, "counts"), patient_rna)
-        _rna_anndata(rna, counts, genes, seed).write_h5ad(tmp / "rna.h5ad")
+        write_h5ad(_rna_anndata(rna, counts, genes, seed), tmp / "rna.h5ad")
 
         truth = {
             "seed": seed,
