@@ -1,17 +1,36 @@
-"""How good is a trained β-VAE on held-out cells: reconstruction error and latent kNN (k = 5) class accuracy.
+"""How good is a trained β-VAE on cells it never trained on, every figure beside its baselines from the same run.
 
-For each checkpoint the DataModule it was trained on is rebuilt (same class, arguments and seeded split;
-an RNA run reuses its saved preprocessing), and on the *test* split, never seen in training (the
-validation split when the patient-grouped split left the test split empty):
-- reconstruction MSE of every reconstruction term (RNA: expression; image: RoI features and the masked
-  crop), beside two yardsticks fitted on the training cells: always predicting their mean (a model must
-  beat it) and projecting onto their top-50 principal axes (the best linear 50-d code);
-- kNN accuracy: each test cell's class voted by its 5 nearest *training* cells in μ-space, beside
-  chance (the most frequent test class);
-- for image checkpoints, a figure of held-out cells, one per class: input, masked target, reconstruction.
+Protocol (one for every number):
+- *Training cells*: the training split of the DataModule the checkpoint was trained on, rebuilt (same class,
+  arguments and seeded split; an RNA run reuses its saved preprocessing). Every yardstick is fitted on them
+  alone: the training mean, the PCA-50 axes, the kNN reference and the stage centroids.
+- *Held-out cells*: with `--test-store STORE` (image checkpoints) every readable row of another feature store,
+  e.g. another source, encoded by the model (the store must come from the same Mask R-CNN checkpoint as the
+  training store, or its features mean something else); otherwise the test split, or the validation split
+  when the patient-grouped split left the test split empty (it only chose the best checkpoint).
+- *Representations*: the latent μ (z = μ, deterministic) against PCA-50 of each reconstruction target, fitted
+  on the training cells and applied to the held-out ones: RNA expression; for images the RoI features
+  (standardised per channel with the model's training statistics, as the encoder sees them) and the masked
+  pixels m·I; and both image codes side by side (each scaled to unit total variance): do the crop's own pixels
+  add morphology that h lacks?
+- *kNN(5) accuracy*: each held-out cell's class voted by its 5 nearest training cells; chance: always
+  answering the most frequent held-out class.
+- *Stage order*: the granulocytic stages of `LINEAGES` from promyelocyte to segmented neutrophil
+  (PMY < MY < MMY < BNE < SNE); each held-out cell of those stages is projected onto the line from the
+  promyelocyte centroid to the segmented-neutrophil centroid (training cells); Spearman ρ of projection and stage.
+- *Reconstruction MSE* per term (features in standardised units: 1.0 = the channel means), beside the
+  training mean and the PCA-50 reconstruction.
+- Images only, on each held-out cell's pixels inside its cell mask m, shown on the slide's white background:
+  *nucleus IoU* between the nucleus the classical stain segmenter finds in the input and in the
+  reconstruction (1 where it finds none in either), and *masked SSIM* (scikit-image's RGB SSIM map averaged
+  over m: a reference implementation, not the training loss's own luminance SSIM); baselines: the same for the PCA-50
+  reconstruction of the masked pixels and for the training cells' mean cell (per pixel, the mean colour of
+  the training cells covering it).
+- For image checkpoints a figure of held-out cells, one per class: input, masked target, the reconstruction
+  inside its own predicted mask on grey (the store's mask for a model without a mask head), the PCA-50 one.
 
-    python bench/vae_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] \
-        [--out runs/quality] [--figure docs/figures/reconstructions.png]
+    python bench/vae_quality.py runs/pbc_train/image_vae/version_0/checkpoints/last.ckpt \
+        --test-store runs/pbc_train/features/pbc_sample [--out runs/pbc_train/quality] [--figure FIGURE.png]
     python bench/vae_quality.py --pipeline demo   # every β-VAE a `wbcvae pipeline` run trained
 """
 
@@ -19,54 +38,76 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
+from sklearn.decomposition import PCA
+from torch.utils.data import DataLoader
 
+from wbcvae.checkpoints import load_plan
+from wbcvae.errors import InputError
+from wbcvae.models.image_vae import cell_on_grey
+from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.training.callbacks import new_figure
-from wbcvae.training.embed import load_plan, rebuild_datamodule
+from wbcvae.training.embed import rebuild_datamodule
 from wbcvae.training.metrics import knn_accuracy
 from wbcvae.training.plan import VAEPlan
-from wbcvae.vocabulary import CLASSES
+from wbcvae.utils.atomic import atomic_path
+from wbcvae.vocabulary import CLASS_INDEX, CLASSES, LINEAGES
+
+PCA_DIM = 50
+GRANULOCYTIC = LINEAGES["granulocytic"].stages
+STAGES = GRANULOCYTIC[GRANULOCYTIC.index("promyelocyte") :]  # PMY < MY < MMY < BNE < SNE
+SLIDE = 1.0  # background the segmenter and SSIM see around a cell: bright, like the slide between cells
+
 
 # term → (batch key of the truth, output key of the reconstruction, batch key of the mask or None)
 RECONSTRUCTIONS = {
-    "rna": {"expression_mse": ("x", "x_hat", None)},
-    "image": {"features_mse": ("features", "h_hat", None), "image_mse": ("target", "image_hat", "mask")},
+    "rna": {"expression": ("x", "x_hat", None)},
+    "image": {"features": ("features", "h_hat", None), "image": ("target", "image_hat", "mask")},
 }
 
 
 class Split:
-    """One split's μ, labels, and per term the masked truth and masked reconstruction, flattened per cell."""
+    """One split's μ, labels, and per term the (masked) truth and reconstruction, flattened per cell;
+    for images also the crops, masks and reconstructions the pixel measures need (`keep_images`)."""
 
-    def __init__(self, terms: dict[str, tuple[str, str, str | None]]) -> None:
-        self.terms = terms
+    def __init__(self, plan: VAEPlan, kind: str, keep_images: bool) -> None:
+        self.plan, self.terms, self.keep_images = plan, RECONSTRUCTIONS[kind], keep_images
         self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
-        self.examples: dict[int, tuple[torch.Tensor, ...]] = {}  # class → images for `reconstruction_figure`
 
     def add(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         self.parts["mu"].append(outputs["mu"].float().cpu().numpy())
         self.parts["label"].append(batch["label"].cpu().numpy())
         for term, (truth_key, output_key, mask_key) in self.terms.items():
             mask = batch[mask_key] if mask_key else 1.0
-            for name, value in (("truth", batch[truth_key]), ("recon", outputs[output_key])):
-                self.parts[f"{term}/{name}"].append((mask * value.float()).flatten(1).cpu().numpy())
-        if "image_hat" in outputs:
-            for i, label in enumerate(batch["label"].tolist()):
-                if label not in self.examples:
-                    target, mask, image_hat = batch["target"][i].cpu(), batch["mask"][i].cpu(), outputs["image_hat"][i].cpu()
-                    self.examples[label] = (target, mask * target, image_hat, mask * image_hat)
+            scale = self.plan.vae.standardise if term == "features" else (lambda value: value)
+            self.parts[f"{term}/truth"].append((mask * scale(batch[truth_key].float())).flatten(1).cpu().numpy())
+            if self.keep_images:  # reconstructions are only scored on held-out cells
+                self.parts[f"{term}/recon"].append((mask * scale(outputs[output_key].float())).flatten(1).cpu().numpy())
+        if "mask" in batch:
+            self.parts["mask"].append(batch["mask"].cpu().numpy().astype(np.float32))
+        if self.keep_images and "image_hat" in outputs:
+            shown = outputs["mask_logits"].sigmoid() if "mask_logits" in outputs else batch["mask"]
+            for name, value in (("target", batch["target"]), ("image_hat", outputs["image_hat"]), ("shown_mask", shown)):
+                self.parts[name].append(value.float().cpu().numpy())
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.concatenate(self.parts[name])
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.parts
+
 
 @torch.no_grad()
-def collect(plan: VAEPlan, loader, terms: dict, device: str, max_cells: int) -> Split:
+def collect(plan: VAEPlan, kind: str, loader, device: str, max_cells: int, keep_images: bool) -> Split:
     """The first `max_cells` cells of `loader` through the VAE in eval mode (z = μ: deterministic)."""
-    split, cells = Split(terms), 0
+    split, cells = Split(plan, kind, keep_images), 0
     for batch in loader:
         batch = {key: value.to(device) for key, value in batch.items()}
         _, _, outputs = plan.losses(batch)
@@ -81,26 +122,97 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a.astype(np.float64) - b) ** 2))
 
 
-def pca_baseline(train: np.ndarray, test: np.ndarray, k: int) -> float:
-    """MSE on `test` of its projection onto the top-k principal axes of `train`: the best any linear
-    k-dimensional code does, a yardstick for a k-dimensional latent."""
-    mean = train.mean(0)
-    _, _, axes = np.linalg.svd(train - mean, full_matrices=False)
-    axes = axes[:k]
-    return mse((test - mean) @ axes.T @ axes + mean, test)
+def fit_pca(train: np.ndarray, k: int = PCA_DIM) -> PCA:
+    """PCA-k of the training cells (randomised SVD, seeded): the best linear k-dimensional code."""
+    return PCA(n_components=min(k, *train.shape), svd_solver="randomized", random_state=0).fit(train)
 
 
-def reconstruction_figure(examples: dict[int, tuple[torch.Tensor, ...]], title: str, path: Path) -> None:
-    """Columns: one held-out cell per class; rows: input crop, masked target, reconstruction, and the
-    reconstruction under the same mask (what the loss compares with the masked target)."""
-    classes = sorted(examples)
-    rows = ("input", "masked target", "reconstruction", "masked\nreconstruction")
-    fig = new_figure(1.6 * len(classes), 1.75 * len(rows))
-    axes = fig.subplots(len(rows), len(classes), squeeze=False)
-    for column, label in enumerate(classes):
-        for row, (image, name) in enumerate(zip(examples[label], rows)):
+def joint_part(train_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """`codes` scaled by the training codes' total spread, so two codes weigh alike side by side."""
+    return codes / np.sqrt(train_codes.var(0).sum())
+
+
+def stage_spearman(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
+    """Spearman ρ between granulocytic stage and position along the promyelocyte → segmented-neutrophil
+    line of training centroids; NaN when an end class has no training cells or under two stages are held out."""
+    first, last = (train[train_labels == CLASS_INDEX[name]] for name in (STAGES[0], STAGES[-1]))
+    stage_of_label = {CLASS_INDEX[name]: i for i, name in enumerate(STAGES)}
+    keep = np.isin(test_labels, list(stage_of_label))
+    stages = np.array([stage_of_label.get(label, -1) for label in test_labels[keep]])
+    if not len(first) or not len(last) or len(np.unique(stages)) < 2:
+        return float("nan")
+    start, direction = first.mean(0), last.mean(0) - first.mean(0)
+    position = (test[keep] - start) @ direction
+    return float(spearmanr(stages, position).statistic)
+
+
+def on_slide(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """B×3×S×S images inside their B×1×S×S cell masks, on the slide's bright background."""
+    return cell_on_grey(torch.from_numpy(images), torch.from_numpy(masks), grey=SLIDE).numpy()
+
+
+def nucleus_iou(inputs: np.ndarray, reconstructions: np.ndarray, segmenter: StainSegmenter) -> np.ndarray:
+    """Per cell, IoU of the nucleus the stain segmenter finds in the input and in the reconstruction
+    (both already on the slide background); 1 when it finds none in either."""
+    scores = []
+    for truth, recon in zip(inputs, reconstructions):
+        a, b = (segmenter(image.transpose(1, 2, 0)).nucleus for image in (truth, recon))
+        union = (a | b).sum()
+        scores.append((a & b).sum() / union if union else 1.0)
+    return np.asarray(scores)
+
+
+def masked_ssim(inputs: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per cell, the SSIM map of reconstruction against input averaged over the pixels of its cell mask."""
+    scores = []
+    for truth, recon, mask in zip(inputs, reconstructions, masks):
+        _, ssim_map = structural_similarity(truth, recon, channel_axis=0, data_range=1.0, full=True)
+        inside = mask[0] > 0.5
+        scores.append(ssim_map.mean(0)[inside].mean() if inside.any() else np.nan)
+    return np.asarray(scores)
+
+
+def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple[dict, dict, np.ndarray]:
+    """Nucleus IoU and masked SSIM (means over the first `max_cells` held-out cells) of the model, the
+    PCA-50 reconstruction and the training mean cell; and the PCA-50 reconstructions for the figure."""
+    n = min(max_cells, len(test["label"]))
+    target, mask = test["target"][:n], test["mask"][:n]
+    shape = target.shape[1:]
+    train_masked, covered = train["image/truth"].reshape(-1, *shape).sum(0), train["mask"].sum(0)
+    mean_colour = train_masked.sum((1, 2), keepdims=True) / max(covered.sum(), 1)
+    mean_cell = np.where(covered > 0, train_masked / np.maximum(covered, 1), mean_colour)  # no cell there: the mean colour
+    pca_image = np.clip(pca.inverse_transform(pca.transform(test["image/truth"][:n])), 0, 1).reshape(-1, *shape).astype(np.float32)
+    candidates = {"model": test["image_hat"][:n], "pca50_image": pca_image, "training_mean": np.broadcast_to(mean_cell, target.shape).astype(np.float32)}
+    truth = on_slide(target, mask)
+    segmenter = StainSegmenter()
+    iou, ssim = {}, {}
+    for name, images in candidates.items():
+        shown = on_slide(np.ascontiguousarray(images), mask)
+        iou[name] = float(np.mean(nucleus_iou(truth, shown, segmenter)))
+        ssim[name] = float(np.nanmean(masked_ssim(truth, shown, mask)))
+    return iou, ssim, pca_image
+
+
+def reconstruction_figure(test: Split, pca_image: np.ndarray, title: str, path: Path) -> None:
+    """Columns: the first held-out cell of each class; rows: input crop, masked target, the reconstruction
+    inside its own predicted mask on grey, and the PCA-50 reconstruction inside the cell mask."""
+    labels = test["label"][: len(pca_image)]
+    first = {label: i for i, label in reversed(list(enumerate(labels))) if label >= 0}
+    columns = sorted(first)
+    target, mask, image_hat, shown = (test[name][: len(pca_image)] for name in ("target", "mask", "image_hat", "shown_mask"))
+    grey = lambda images, masks: cell_on_grey(torch.from_numpy(images), torch.from_numpy(masks)).numpy()  # noqa: E731
+    rows = {
+        "input": target,
+        "masked target": grey(target, mask),
+        "reconstruction\n(its own mask)": grey(image_hat, shown),
+        "PCA-50": grey(pca_image, mask),
+    }
+    fig = new_figure(1.6 * len(columns), 1.75 * len(rows))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    for column, label in enumerate(columns):
+        for row, (name, images) in enumerate(rows.items()):
             ax = axes[row, column]
-            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.imshow(np.clip(images[first[label]].transpose(1, 2, 0), 0, 1))
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(CLASSES[label].replace("_", "\n"), fontsize=8)
@@ -108,42 +220,79 @@ def reconstruction_figure(examples: dict[int, tuple[torch.Tensor, ...]], title: 
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
-def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int) -> dict:
+def held_out_loader(datamodule, test_store: Path | None) -> tuple[DataLoader, str, str | None]:
+    """The held-out cells (see the protocol), what they are, and the test store's folder if one was given."""
+    if test_store is None:
+        if len(datamodule.test_dataloader()):
+            return datamodule.test_dataloader(), "test", None
+        return datamodule.val_dataloader(), "val", None
+    from wbcvae.features.datamodule import FeatureDataset
+    from wbcvae.features.store import FeatureStore
+
+    train_store = getattr(datamodule, "store", None)
+    if train_store is None:
+        raise InputError(f"--test-store {test_store}: the checkpoint was not trained on a feature store")
+    store = FeatureStore(test_store)
+    if len(store.missing()):
+        raise InputError(f"{store.root}: {len(store.missing())} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
+    ours, theirs = (s.provenance.get("fingerprint", {}).get("checkpoint_sha256") for s in (store, train_store))
+    if ours != theirs:
+        raise InputError(f"{store.root}: extracted with another Mask R-CNN checkpoint than the training store {train_store.root}")
+    rows = store.readable_rows()
+    return DataLoader(FeatureDataset(store, rows), batch_size=datamodule.hparams.batch_size), "store", str(store.root)
+
+
+def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_store: Path | None, pixel_cells: int) -> dict:
+    started = time.perf_counter()
     plan, record = load_plan(ckpt, map_location=device)
     plan.eval()
-    terms = RECONSTRUCTIONS[record["kind"]]
+    kind = record["kind"]
     datamodule = rebuild_datamodule(record)
     datamodule.setup("fit")
-    train = collect(plan, datamodule.train_dataloader(), terms, device, max_cells)
-    # Splits are grouped by patient: with few patients (the synthetic world has 4) the test split can
-    # be empty; the validation split is then the held-out set (it only chose the best checkpoint).
-    held_out = "test" if len(datamodule.test_dataloader()) else "val"
-    loader = datamodule.test_dataloader() if held_out == "test" else datamodule.val_dataloader()
-    test = collect(plan, loader, terms, device, max_cells)
+    loader, held_out, test_source = held_out_loader(datamodule, test_store)
+    train = collect(plan, kind, datamodule.train_dataloader(), device, max_cells, keep_images=False)
+    test = collect(plan, kind, loader, device, max_cells, keep_images=True)
     labelled = test["label"][test["label"] >= 0]
     result = {
         "checkpoint": str(ckpt),
-        "kind": record["kind"],
+        "kind": kind,
         "data": record["data"].get("source") or record["data"]["hparams"].get("store_dir"),
-        "held_out_split": held_out,
+        "held_out": test_source or held_out,
         "train_cells": len(train["label"]),
         "held_out_cells": len(test["label"]),
         "classes_in_test": len(np.unique(labelled)),
-        "knn5_accuracy": knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5),
         "chance_accuracy": float(np.bincount(labelled).max() / len(labelled)) if len(labelled) else float("nan"),
+        "stage_cells": int(np.isin(test["label"], [CLASS_INDEX[s] for s in STAGES]).sum()),
     }
-    for term in terms:
+    codes = {"latent": (train["mu"], test["mu"])}
+    pcas, result["reconstruction_mse"] = {}, {}
+    for term in RECONSTRUCTIONS[kind]:
         truth, train_truth = test[f"{term}/truth"], train[f"{term}/truth"]
-        result[term] = mse(test[f"{term}/recon"], truth)
-        result[f"{term}_mean_baseline"] = mse(np.broadcast_to(train_truth.mean(0), truth.shape), truth)
-        result[f"{term}_pca_baseline"] = pca_baseline(train_truth, truth, plan.hparams.latent_dim)
-    if figure is not None and test.examples:
-        reconstruction_figure(test.examples, f"held-out cells, {result['data']}", figure)
-        result["figure"] = str(figure)
+        pcas[term] = pca = fit_pca(train_truth)
+        codes[f"pca50_{term}"] = (pca.transform(train_truth), pca.transform(truth))
+        result["reconstruction_mse"][term] = {
+            "model": mse(test[f"{term}/recon"], truth),
+            "training_mean": mse(np.broadcast_to(train_truth.mean(0), truth.shape), truth),
+            f"pca50_{term}": mse(pca.inverse_transform(codes[f"pca50_{term}"][1]), truth),
+        }
+    if kind == "image":  # the pixels beside h, linearly: does the masked crop add morphology the features lack?
+        features, image = codes["pca50_features"], codes["pca50_image"]
+        codes["pca50_features+image"] = tuple(
+            np.hstack([joint_part(features[0], features[i]), joint_part(image[0], image[i])]) for i in (0, 1)
+        )
+    result["knn5_accuracy"] = {name: knn_accuracy(a, train["label"], b, test["label"], k=5) for name, (a, b) in codes.items()}
+    result["stage_spearman"] = {name: stage_spearman(a, train["label"], b, test["label"]) for name, (a, b) in codes.items()}
+    if "image_hat" in test:
+        result["nucleus_iou"], result["masked_ssim"], pca_image = pixel_measures(train, test, pcas["image"], pixel_cells)
+        result["pixel_cells"] = len(pca_image)
+        if figure is not None:
+            reconstruction_figure(test, pca_image, f"held-out cells of {Path(result['held_out']).name}, trained on {Path(result['data']).name}", figure)
+            result["figure"] = str(figure)
+    result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
@@ -163,37 +312,63 @@ def pipeline_checkpoints(folder: Path) -> list[Path]:
     return found
 
 
+COLUMNS = ("model", "pca50_features", "pca50_image", "pca50_features+image", "pca50_expression", "training_mean")
+HEADERS = {"model": "β-VAE", "pca50_features": "PCA-50 RoI features", "pca50_image": "PCA-50 masked pixels",
+           "pca50_features+image": "both PCA-50 side by side", "pca50_expression": "PCA-50 expression", "training_mean": "training mean"}  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    """One result as a table: measures in rows, the β-VAE and its baselines in columns."""
+    columns = [c for c in COLUMNS if c in ("model", "training_mean") or c in result["knn5_accuracy"]]
+    rows = {
+        f"kNN(5) accuracy (chance {result['chance_accuracy']:.3f})": {("model" if k == "latent" else k): v for k, v in result["knn5_accuracy"].items()},
+        f"stage Spearman ρ ({result['stage_cells']} cells)": {("model" if k == "latent" else k): v for k, v in result["stage_spearman"].items()},
+    }
+    for name, key in (("nucleus IoU", "nucleus_iou"), ("masked SSIM", "masked_ssim")):
+        if key in result:
+            rows[f"{name} ({result['pixel_cells']} cells)"] = result[key]
+    for term, values in result["reconstruction_mse"].items():
+        rows[f"{term} MSE"] = values
+    lines = [
+        f"{result['data']} → {result['held_out']} ({result['held_out_cells']} held-out cells, {result['classes_in_test']} classes; "
+        f"{result['train_cells']} training cells; {result['kind']} β-VAE {result['checkpoint']})",
+        "",
+        "| measure | " + " | ".join(HEADERS[c] for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for name, values in rows.items():
+        cells = [f"{values[c]:.4f}" if "MSE" in name and c in values else f"{values[c]:.3f}" if c in values else "—" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="*")
     parser.add_argument("--pipeline", type=Path, default=None, help="a `wbcvae pipeline` output folder: add the β-VAEs it trained")
-    parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="folder for the JSON results")
+    parser.add_argument("--test-store", type=Path, default=None, help="image checkpoints: held-out cells from this feature store (another source)")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="folder for vae_quality.json and vae_quality.md")
     parser.add_argument("--figure", type=Path, default=None, help="reconstruction figure path (image checkpoints; one per checkpoint: -N suffix)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most (memory: the PCA yardstick)")
+    parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most (memory: the PCA yardsticks)")
+    parser.add_argument("--pixel-cells", type=int, default=1000, help="held-out cells for nucleus IoU and SSIM at most (time: the segmenter)")
     args = parser.parse_args()
     if args.pipeline is not None:
         args.checkpoints += pipeline_checkpoints(args.pipeline)
     if not args.checkpoints:
         parser.error("no checkpoint given (name some, or --pipeline FOLDER)")
-    args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for n, ckpt in enumerate(args.checkpoints):
         figure = None
         if args.figure is not None:
             figure = args.figure if len(args.checkpoints) == 1 else args.figure.with_stem(f"{args.figure.stem}-{n}")
-        results.append(evaluate(ckpt, args.device, figure, args.max_cells))
-    (args.out / "vae_quality.json").write_text(json.dumps(results, indent=2))
-
-    print("| data | model | held-out cells | classes | reconstruction MSE (training mean; PCA-50) | kNN k=5 accuracy (chance) |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        recon = "; ".join(
-            f"{t} {r[t]:.4f} ({r[t + '_mean_baseline']:.4f}; {r[t + '_pca_baseline']:.4f})" for t in RECONSTRUCTIONS[r["kind"]]
-        )
-        print(f"| {r['data']} | {r['kind']} | {r['held_out_cells']} ({r['held_out_split']}) | {r['classes_in_test']} | {recon} "
-              f"| {r['knn5_accuracy']:.3f} ({r['chance_accuracy']:.3f}) |")  # fmt: skip
-    print(f"\nwritten to {args.out / 'vae_quality.json'}")
+        results.append(evaluate(ckpt, args.device, figure, args.max_cells, args.test_store, args.pixel_cells))
+    tables = "\n".join(markdown(r) for r in results)
+    for name, text in (("vae_quality.json", json.dumps(results, indent=2)), ("vae_quality.md", tables)):
+        with atomic_path(args.out / name) as tmp:
+            tmp.write_text(text)
+    print(tables)
+    print(f"written to {args.out / 'vae_quality.json'} and {args.out / 'vae_quality.md'}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ class FeatureDataset(Dataset):
 class FeatureDataModule(SplitDataModule):
     """Train/val/test batches from the store at `store_dir`, split like the crops (`split_manifest`:
     stratified by class, grouped by patient). Refuses an incomplete store: a VAE trained on half the
-    rows would look fine and be wrong. Rows whose image could not be decoded are left out."""
+    rows would look fine and be wrong. Rows whose image could not be decoded are left out.
+    `cells_per_class` keeps at most that many rows of each class (a seeded draw, before splitting):
+    the same store serves a reduced-scale experiment."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class FeatureDataModule(SplitDataModule):
         fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         seed: int = 0,
         num_workers: int = 0,
+        cells_per_class: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -73,6 +76,9 @@ class FeatureDataModule(SplitDataModule):
         if missing:
             raise InputError(f"{store.root}: {missing} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
         meta = store.meta.iloc[store.readable_rows()]
+        if self.hparams.cells_per_class is not None:
+            shuffled = meta.sample(frac=1.0, random_state=self.hparams.seed)
+            meta = meta.loc[np.sort(shuffled.groupby("label").head(self.hparams.cells_per_class).index)]
         parts = split_manifest(meta, self.hparams.fractions, self.hparams.seed)
         self.store = store
         self.datasets = {name: FeatureDataset(store, part["row"].to_numpy()) for name, part in zip(SPLITS, parts)}
