@@ -15,7 +15,7 @@ DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup lock test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality align-real readme-figures clean
+.PHONY: help setup lock test test-all demo train-image train-rna segment features align trajectory bench quality pbc-quality pbc-train align-real readme-figures clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
@@ -24,7 +24,8 @@ help:
 	@echo "make lock    - rewrite requirements.lock from the versions installed in $(VENV) (after the tests pass)"
 	@echo "make train-image | train-rna | segment | features | align | trajectory | bench"
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
-	@echo "make pbc-quality  - the same for an image β-VAE on ../shared/data/pbc_sample (segment, features, train)"
+	@echo "make pbc-quality  - the same for an image β-VAE on one source, SOURCE=$(SHARED_DATA)/pbc_sample (segment, features, train)"
+	@echo "make pbc-train    - image β-VAE on the 3,000 pbc_train crops, tested on pbc_sample (about an hour on 2 CPU cores)"
 	@echo "make align-real   - align that PBC image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
@@ -87,21 +88,41 @@ bench: setup
 quality: setup
 	$(PY) bench/vae_quality.py --pipeline $(DEMO_DIR) --out runs/quality/demo
 
-# The same on real crops: Mask R-CNN on pseudo-masks, RoIAlign features, the image β-VAE, its figure.
+# The same on real crops: Mask R-CNN on pseudo-masks, RoIAlign features, the image β-VAE, its quality and figure
+# (under runs/quality/NAME; `make readme-figures` copies the README's). Any crop folder: make pbc-quality SOURCE=…
 PBC := $(SHARED_DATA)/pbc_sample
+PBC_TRAIN := $(SHARED_DATA)/pbc_train
+SOURCE ?= $(PBC)
+NAME = $(notdir $(patsubst %/,%,$(SOURCE)))
+SEGMENT_PSEUDO := --set data.targets=pseudo --set "data.fractions=[0.9, 0.1, 0.0]" --set trainer.max_steps=150 --set trainer.max_time=null
 runs/segment-pbc/maskrcnn.ckpt: | setup
-	$(WBCVAE) segment train --source $(PBC) --out runs/segment-pbc --set data.targets=pseudo \
-	  --set "data.fractions=[0.9, 0.1, 0.0]" --set trainer.max_steps=150 --set trainer.max_time=null
+	$(WBCVAE) segment train --source $(PBC) --out runs/segment-pbc $(SEGMENT_PSEUDO)
 
 pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
-	$(WBCVAE) features $(PBC) --checkpoint runs/segment-pbc/maskrcnn.ckpt --store runs/features/pbc_sample
-	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_sample.yaml --wandb false
-	$(PY) bench/vae_quality.py "$(call latest,runs/image_vae_pbc)" --out runs/quality/pbc --figure docs/img/pbc_reconstructions.png
+	$(WBCVAE) features $(SOURCE) --checkpoint runs/segment-pbc/maskrcnn.ckpt --store runs/features/$(NAME)
+	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_sample.yaml \
+	  --data.store_dir runs/features/$(NAME) --run_name image_vae_$(NAME) --wandb false $(ARGS)
+	$(PY) bench/vae_quality.py "$(call latest,runs/image_vae_$(NAME))" --out runs/quality/$(NAME) \
+	  --figure runs/quality/$(NAME)/reconstructions.png
+
+# Real crops at a useful scale: Mask R-CNN on pbc_train's pseudo-masks, the features of pbc_train and pbc_sample,
+# the image β-VAE on pbc_train (its own validation split), tested on pbc_sample, a source it never saw. About an
+# hour on 2 CPU cores; the paper-scale GPU training is experiments/image_vae/pbc_train_gpu.yaml.
+PBC_RUN := runs/pbc_train
+$(PBC_RUN)/segment/maskrcnn.ckpt: | setup
+	$(WBCVAE) segment train --source $(PBC_TRAIN) --out $(PBC_RUN)/segment $(SEGMENT_PSEUDO)
+
+pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
+	$(WBCVAE) features $(PBC_TRAIN) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_train
+	$(WBCVAE) features $(PBC) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_sample
+	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_train.yaml --wandb false $(ARGS)
+	$(PY) bench/vae_quality.py "$(call latest,$(PBC_RUN)/image_vae)" --test-store $(PBC_RUN)/features/pbc_sample \
+	  --out $(PBC_RUN)/quality --figure $(PBC_RUN)/quality/reconstructions.png
 
 # Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
 align-real: setup
 	$(WBCVAE) align --config experiments/alignment/real_pbc_vangalen.yaml --no-wandb \
-	  --image-ckpt "$(call latest,runs/image_vae_pbc)" \
+	  --image-ckpt "$(call latest,runs/image_vae_pbc_sample)" \
 	  --rna-ckpt "$$(ls -t $(DEMO_DIR)/real_rna/*/version_*/checkpoints/best-*.ckpt | head -1)" $(ARGS)
 
 # The README's trajectory figures, from the demo's report folder.
@@ -115,6 +136,8 @@ readme-figures:
 	 done; cp $$run/joint_latent.png $(FIGURES)/joint_latent.png
 	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/markers.png $(FIGURES)/vangalen-HSC_to_Mono-markers.png
 	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/heatmap.png $(FIGURES)/vangalen-HSC_to_Mono-heatmap.png
+	@if [ -f $(PBC_RUN)/quality/reconstructions.png ]; then cp $(PBC_RUN)/quality/reconstructions.png docs/img/pbc_reconstructions.png; \
+	 else echo "skipping docs/img/pbc_reconstructions.png: run make pbc-train first"; fi
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache
