@@ -11,7 +11,9 @@ The cytoplasm is where the two methods differ:
   colour and its nucleus colour. Red cells carry almost none of the nucleus colour, while even the
   palest neutrophil cytoplasm carries some, so the white cell is the region holding that colour
   around the nucleus: pale cytoplasm is kept and touching red cells are not taken. Every nucleus
-  lobe inside that region belongs to the cell; the cell holds the convex hull of its lobes.
+  lobe inside that region belongs to the cell; the cell holds the convex hull of its lobes. A cell
+  ringed by stain without the nucleus colour has a cytoplasm coloured like the red cells: there the
+  shape decides, as in v1.
 - `v1` (the first version, kept to measure against) takes everything stained around the nucleus and
   splits it from touching red cells by a watershed on the distance to the background. It cuts pale
   cytoplasm off, leaks into red cells whose necks are wide, and drops lobes far from the centre one.
@@ -88,6 +90,9 @@ class StainSegmenter:
     max_cytoplasm: the cell reaches at most this many nucleus radii beyond the nucleus.
     cytoplasm_stain: (v2) a pixel is the cell's when it holds at least this fraction of the nucleus's
         own amount of nucleus colour (pale neutrophil cytoplasm ~0.1, red cells ~0.03).
+    red_ring: (v2) when more than this fraction of a thin ring around the cell found by colour is
+        stained without the nucleus's colour, the cytoplasm is coloured like the red cells (the
+        synthetic world's eosinophils; no real PBC crop checked) and the shape decides, as in v1.
     """
 
     method: str = "v2"
@@ -98,6 +103,7 @@ class StainSegmenter:
     max_cytoplasm: float = 1.5
     smoothing: float = 0.004
     cytoplasm_stain: float = 0.05
+    red_ring: float = 0.8
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -165,6 +171,13 @@ class StainSegmenter:
             nucleus &= region
         region &= from_nucleus <= self.max_cytoplasm * radius
         cell = ndi.binary_fill_holes(region | morphology.convex_hull_image(nucleus))
+        ring = morphology.dilation(cell, morphology.disk(max(1, round(0.03 * side)))) & ~cell
+        total = density.sum(axis=-1)
+        if ring.any() and (ring & ~held & (total > _thresholds(total)[0])).mean() / ring.mean() > self.red_ring:
+            # Stained all round, without the nucleus's colour: a cytoplasm coloured like the red cells
+            # (the synthetic world's eosinophils). The shape decides, as in v1.
+            cell |= self._cell_v1(total, nucleus, dark & ~nucleus, side)
+            held = held | cell
         cell = self._to_edge(density, cell, held, side)
         cell = filters.gaussian(cell.astype(float), sigma=0.015 * side) > 0.5  # a smooth outline, no rags
         cell = nearest_component(cell, _centroid(nucleus)) | nucleus
