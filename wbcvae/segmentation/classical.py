@@ -103,7 +103,7 @@ class StainSegmenter:
     max_cytoplasm: float = 1.5
     smoothing: float = 0.004
     cytoplasm_stain: float = 0.05
-    red_ring: float = 0.8
+    red_ring: float = 0.95
 
     def __post_init__(self):
         if self.method not in METHODS:
