@@ -138,8 +138,12 @@ def run_trajectory(
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"kinetics": kinetics.table, "clusters": cluster_summary(kinetics)}
     trends = None
-    if cells is not None and expression is not None:
-        trends = dpt_trends(cells, expression[[g for g in expression.columns if g in decoded.gene_names]], decoded.t)
+    kept = [g for g in expression.columns if g in decoded.gene_names] if expression is not None else []
+    if cells is not None and kept:
+        try:
+            trends = dpt_trends(cells, expression[kept], decoded.t)
+        except InputError as err:  # e.g. a path read mostly from image cells
+            warnings.warn(f"trajectory {preset.name!r}: no DPT trends ({err})", stacklevel=2)
     markers = marker_table(preset, kinetics, decoded, trends)
     if len(markers):
         tables["markers"] = markers
