@@ -172,17 +172,27 @@ def masked_ssim(inputs: np.ndarray, reconstructions: np.ndarray, masks: np.ndarr
     return np.asarray(scores)
 
 
-def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple[dict, dict, np.ndarray]:
-    """Nucleus IoU and masked SSIM (means over the first `max_cells` held-out cells) of the model, the
-    PCA-50 reconstruction and the training mean cell; and the PCA-50 reconstructions for the figure."""
-    n = min(max_cells, len(test["label"]))
-    target, mask = test["target"][:n], test["mask"][:n]
+def pca_images(pca: PCA, masked: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The PCA-50 reconstructions of flattened masked images, as B×3×S×S in [0, 1]."""
+    return np.clip(pca.inverse_transform(pca.transform(masked)), 0, 1).reshape(-1, *shape).astype(np.float32)
+
+
+def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple[dict, dict, int]:
+    """Nucleus IoU and masked SSIM (means over at most `max_cells` held-out cells, a seeded draw so that a
+    store sorted by class is not cut to its first classes) of the model, the PCA-50 reconstruction and the
+    training mean cell; and how many cells they were measured on."""
+    total = len(test["label"])
+    chosen = np.sort(np.random.default_rng(0).permutation(total)[:max_cells])
+    target, mask = test["target"][chosen], test["mask"][chosen]
     shape = target.shape[1:]
     train_masked, covered = train["image/truth"].reshape(-1, *shape).sum(0), train["mask"].sum(0)
     mean_colour = train_masked.sum((1, 2), keepdims=True) / max(covered.sum(), 1)
     mean_cell = np.where(covered > 0, train_masked / np.maximum(covered, 1), mean_colour)  # no cell there: the mean colour
-    pca_image = np.clip(pca.inverse_transform(pca.transform(test["image/truth"][:n])), 0, 1).reshape(-1, *shape).astype(np.float32)
-    candidates = {"model": test["image_hat"][:n], "pca50_image": pca_image, "training_mean": np.broadcast_to(mean_cell, target.shape).astype(np.float32)}
+    candidates = {
+        "model": test["image_hat"][chosen],
+        "pca50_image": pca_images(pca, test["image/truth"][chosen], shape),
+        "training_mean": np.broadcast_to(mean_cell, target.shape).astype(np.float32),
+    }
     truth = on_slide(target, mask)
     segmenter = StainSegmenter()
     iou, ssim = {}, {}
@@ -190,29 +200,30 @@ def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple
         shown = on_slide(np.ascontiguousarray(images), mask)
         iou[name] = float(np.mean(nucleus_iou(truth, shown, segmenter)))
         ssim[name] = float(np.nanmean(masked_ssim(truth, shown, mask)))
-    return iou, ssim, pca_image
+    return iou, ssim, len(chosen)
 
 
-def reconstruction_figure(test: Split, pca_image: np.ndarray, title: str, path: Path) -> None:
+def reconstruction_figure(test: Split, pca: PCA, title: str, path: Path) -> None:
     """Columns: the first held-out cell of each class; rows: input crop, masked target, the reconstruction
     inside its own predicted mask on grey, and the PCA-50 reconstruction inside the cell mask."""
-    labels = test["label"][: len(pca_image)]
+    labels = test["label"]
     first = {label: i for i, label in reversed(list(enumerate(labels))) if label >= 0}
     columns = sorted(first)
-    target, mask, image_hat, shown = (test[name][: len(pca_image)] for name in ("target", "mask", "image_hat", "shown_mask"))
+    cells = np.array([first[label] for label in columns])
+    target, mask, image_hat, shown = (test[name][cells] for name in ("target", "mask", "image_hat", "shown_mask"))
     grey = lambda images, masks: cell_on_grey(torch.from_numpy(images), torch.from_numpy(masks)).numpy()  # noqa: E731
     rows = {
         "input": target,
         "masked target": grey(target, mask),
         "reconstruction\n(its own mask)": grey(image_hat, shown),
-        "PCA-50": grey(pca_image, mask),
+        "PCA-50": grey(pca_images(pca, test["image/truth"][cells], target.shape[1:]), mask),
     }
     fig = new_figure(1.6 * len(columns), 1.75 * len(rows))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     for column, label in enumerate(columns):
         for row, (name, images) in enumerate(rows.items()):
             ax = axes[row, column]
-            ax.imshow(np.clip(images[first[label]].transpose(1, 2, 0), 0, 1))
+            ax.imshow(np.clip(images[column].transpose(1, 2, 0), 0, 1))
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(CLASSES[label].replace("_", "\n"), fontsize=8)
@@ -287,10 +298,9 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_
     result["knn5_accuracy"] = {name: knn_accuracy(a, train["label"], b, test["label"], k=5) for name, (a, b) in codes.items()}
     result["stage_spearman"] = {name: stage_spearman(a, train["label"], b, test["label"]) for name, (a, b) in codes.items()}
     if "image_hat" in test:
-        result["nucleus_iou"], result["masked_ssim"], pca_image = pixel_measures(train, test, pcas["image"], pixel_cells)
-        result["pixel_cells"] = len(pca_image)
+        result["nucleus_iou"], result["masked_ssim"], result["pixel_cells"] = pixel_measures(train, test, pcas["image"], pixel_cells)
         if figure is not None:
-            reconstruction_figure(test, pca_image, f"held-out cells of {Path(result['held_out']).name}, trained on {Path(result['data']).name}", figure)
+            reconstruction_figure(test, pcas["image"], f"held-out cells of {Path(result['held_out']).name}, trained on {Path(result['data']).name}", figure)
             result["figure"] = str(figure)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
