@@ -319,7 +319,7 @@ def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sou
     config = tmp_path / "align.yaml"
     config.write_text(
         f"features: {store}\nrna: {rna}\nbatch_size: 8\nmax_epochs: 2\naccelerator: cpu\n"
-        "trajectory: {steps: 12, samples: 2, k: 2, fit_iters: 20}\n"
+        "trajectory: {steps: 12, samples: 2, k_range: [3, 3], fit_iters: 20}\n"
     )
     monkeypatch.setattr(cli_main, "COMMANDS", ("align",))
     args = ["align", "--config", str(config), "--image-ckpt", str(tmp_path / "image.ckpt"), "--no-wandb",
