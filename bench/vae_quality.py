@@ -265,6 +265,7 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_
     datamodule = rebuild_datamodule(record)
     datamodule.setup("fit")
     loader, held_out, test_source = held_out_loader(datamodule, test_store)
+    torch.manual_seed(0)  # the training loader shuffles: the same order every run, so the randomised PCA repeats
     train = collect(plan, kind, datamodule.train_dataloader(), device, max_cells, keep_images=False)
     test = collect(plan, kind, loader, device, max_cells, keep_images=True)
     labelled = test["label"][test["label"] >= 0]
