@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from wbcvae.errors import InputError
 from wbcvae.models.losses import reparameterise
@@ -15,8 +16,13 @@ NEUTRAL_GREY = 0.5
 def cell_on_grey(image: torch.Tensor, cell: torch.Tensor, grey: float = NEUTRAL_GREY) -> torch.Tensor:
     """The picture a figure shows: `image` (B×3×S×S) where `cell` (B×1×S×S, a mask or a probability)
     is above one half, neutral grey elsewhere. A decoder is only trained on the pixels inside the cell,
-    so what it draws outside is unconstrained noise that must never reach a figure."""
-    return torch.where(cell > 0.5, image, torch.full_like(image, grey))
+    so what it draws outside is unconstrained noise that must never reach a figure.
+
+    Where a sample's `cell` is nowhere above one half (a mask head early in training is unsure
+    everywhere), its threshold drops to half its own maximum: the most likely region of the cell is
+    shown rather than a plain grey square. An all-zero mask still shows nothing."""
+    threshold = (0.5 * cell.flatten(1).amax(1)).clamp_max(0.5).view(-1, 1, 1, 1)
+    return torch.where(cell > threshold, image, torch.full_like(image, grey))
 
 
 class Upsample2x(nn.Module):
@@ -63,14 +69,45 @@ def study_image_head(in_channels: int, grow: int) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), 16
 
 
+def bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """The size_out×size_in matrix of 1-d bilinear resizing (align_corners=False): M·X·Mᵀ resizes a map X.
+    A fixed matrix product rather than `F.interpolate`, whose backward is not deterministic on CUDA."""
+    return F.interpolate(torch.eye(size_in)[:, None], size=size_out, mode="linear", align_corners=False)[:, 0].T
+
+
+class MaskHead(nn.Module):
+    """ĥ (standardised, C×F×F) → the cell mask's logits (1×S×S): where cells usually lie (`prior_logits`,
+    the per-pixel log-odds of the training masks, `set_prior`) plus what ĥ says of this cell, read by a
+    3×3 and a 1×1 convolution at F×F (as Mask R-CNN's own mask head reads an outline off these RoI
+    features) and resized bilinearly to S. Both on purpose: at the end of the image head, from p = ½,
+    the logits had barely moved after a hundred Adam steps (each weight moves by about the learning rate
+    per step) and every figure drew an empty mask; from the prior the mask is a cell from the first step."""
+
+    def __init__(self, in_channels: int, feature_size: int, image_size: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+        nn.init.zeros_(self.body[-1].bias)
+        self.prior_logits = nn.Parameter(torch.zeros(1, image_size, image_size))
+        self.register_buffer("resize", bilinear_matrix(feature_size, image_size), persistent=False)
+
+    @torch.no_grad()
+    def set_prior(self, cell_fraction: torch.Tensor | float) -> None:
+        """Start from the log-odds of the cell's share of each pixel (an S×S map, or one number)."""
+        fraction = torch.as_tensor(cell_fraction, dtype=self.prior_logits.dtype).clamp(1e-3, 1 - 1e-3)
+        self.prior_logits.copy_(torch.logit(fraction).to(self.prior_logits.device).expand_as(self.prior_logits))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.resize @ self.body(h) @ self.resize.T + self.prior_logits
+
+
 class ImageVAE(nn.Module):
     """Encodes RoIAlign feature maps; decodes to ĥ (same shape) and from ĥ to a 3×S×S image Î in [0, 1]
     and the logits of the cell mask (1×S×S).
 
     The image is decoded *from ĥ*, not from z directly, so the feature decoder is what carries the
-    morphology and the image head only renders it (as in the study). The mask logits let a figure show
-    the decoded cell inside its own predicted outline (`render`) rather than the pixels the masked
-    image loss never constrained. `image_decoder` picks the head: "residual" (upsample + conv with
+    morphology and the image head only renders it (as in the study). The mask logits, read off ĥ by a
+    short `MaskHead`, let a figure show the decoded cell inside its own predicted outline (`render`)
+    rather than the pixels the masked image loss never constrained. `image_decoder` picks the head: "residual" (upsample + conv with
     residual blocks, `image_channels` wide at S/8) or "study" (the study's transposed convolutions).
 
     FPN features are far from unit scale (per-channel means of ±6 are common), which a freshly
@@ -130,7 +167,8 @@ class ImageVAE(nn.Module):
         else:
             self.image_head, width = study_image_head(in_channels, grow)
         self.to_pixels = nn.Sequential(nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())  # targets are crops in [0, 1]
-        self.to_mask_logits = nn.Conv2d(width, 1, 3, padding=1)
+        self.mask_head = MaskHead(in_channels, feature_size, image_size)
+        self.mask_head.set_prior(0.1)  # about a white cell's share of a crop; refitted on the training masks
 
     def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation (C values each) of the training features."""
@@ -152,8 +190,7 @@ class ImageVAE(nn.Module):
         bottleneck = self.from_latent(z).view(-1, *self._bottleneck_shape)
         standardised = self.feature_decoder(bottleneck)
         h_hat = standardised * self.feature_std + self.feature_mean
-        rendered = self.image_head(standardised)
-        return h_hat, self.to_pixels(rendered), self.to_mask_logits(rendered)
+        return h_hat, self.to_pixels(self.image_head(standardised)), self.mask_head(standardised)
 
     def render(self, z: torch.Tensor) -> torch.Tensor:
         """What figures show of a latent: the decoded cell inside its own predicted mask, on grey (B×3×S×S)."""

@@ -1,5 +1,5 @@
 """The pieces of the β-VAE objectives: reparameterisation, the KL term, its warm-up, the NaN guard, and the
-image terms that keep structure (masked SSIM, masked image gradients)."""
+image terms that keep structure (masked SSIM, masked image gradients) and the soft Dice of a predicted mask."""
 
 from __future__ import annotations
 
@@ -79,3 +79,13 @@ def masked_gradient_l1(image: torch.Tensor, target: torch.Tensor, mask: torch.Te
         total = total + (pair * difference.abs()).sum()
         count = count + pair.sum() * image.shape[1]
     return total / count.clamp_min(1.0)
+
+
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − soft Dice of sigmoid(logits) against a 0/1 mask, per image (B×1×S×S), averaged. Unlike BCE it
+    does not care how small the cell is: a cell of a tenth of the crop weighs as much as the background,
+    so the head cannot settle on "all background", the cheapest answer for BCE alone."""
+    p = logits.sigmoid().flatten(1)
+    m = mask.flatten(1)
+    dice = (2 * (p * m).sum(1) + 1) / (p.sum(1) + m.sum(1) + 1)
+    return (1 - dice).mean()
