@@ -81,6 +81,7 @@ def write_h5ad(adata, path: str | os.PathLike) -> None:
     import anndata as ad
     import h5py
 
+    adata.strings_to_categoricals()  # as AnnData.write_h5ad does: object columns become writable categoricals
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as file:
         ad.io.write_elem(file, "/", adata)
