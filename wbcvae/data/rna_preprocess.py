@@ -12,8 +12,11 @@ from per-sample moments gathered over chunks of `chunk_size` cells (a test check
 same genes). Marker genes (a lineage's known markers) always take a place among the `n_top_genes`;
 markers the data lack are recorded in `markers_absent` (saved), so a report can say so.
 
-A second streamed pass gathers the per-gene minimum/maximum of the log values (and, when PCA is
-needed, their covariance); a lazy AnnData is never loaded whole.
+A second pass gathers the per-gene minimum/maximum of the log values. For a lazy AnnData it is streamed
+(and, when PCA is needed, gathers their covariance for an exact eigendecomposition), so the atlas is never
+loaded whole; in memory the kept genes' log values are held once, sparse, and their PCA is Lanczos
+iteration on them (`principal_axes`: the same top `latent_dim` axes without forming or fully decomposing
+the genes × genes covariance, which dominated start-up; a test checks them against the exact ones).
 
 `z_atlas`, by `atlas`:
 - "obsm": `obsm[atlas_key]` (Tabula Sapiens' scVI embedding). Used as is when it is `latent_dim`
@@ -39,6 +42,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
+import scipy.sparse.linalg
 from tqdm.auto import tqdm
 
 from wbcvae import LATENT_DIM
@@ -119,17 +123,34 @@ class RnaPreprocessor:
         self.atlas_method = self._atlas_method(adata)
         self.genes = self._choose_genes(adata, rows)
         columns = adata.var_names.get_indexer(self.genes)
+        if isinstance(adata.X, ad.abc.CSRDataset):
+            self._fit_streamed(adata, rows, columns)
+        else:
+            self._fit_in_memory(adata, rows, columns)
+        if self.atlas_method == "obsm":
+            self._fit_embedding_projection(adata, rows)
+        elif self.atlas_method == "scvi":
+            self._fit_scvi(adata, rows, columns)
+        return self
+
+    def _fit_streamed(self, adata: ad.AnnData, rows: np.ndarray, columns: np.ndarray) -> None:
+        """Gene ranges (and the PCA atlas, from the covariance) in one pass over chunks of a lazy AnnData."""
         stats = _LogStats(len(self.genes), with_moments=self.atlas_method == "pca")
         for block in self._blocks(adata, rows, "RNA preprocessing: gene ranges"):
-            stats.add(self._log_expression(block, columns))
+            stats.add(np.log1p(self._normalise(block)[:, columns].toarray()))
         self.gene_min, self.gene_max = stats.low, stats.high
         if self.atlas_method == "pca":
             self._set_pca(*stats.mean_cov(), shift=self.gene_min, span=self.gene_span)
-        elif self.atlas_method == "obsm":
-            self._fit_embedding_projection(adata, rows)
-        else:
-            self._fit_scvi(adata, rows, columns)
-        return self
+
+    def _fit_in_memory(self, adata: ad.AnnData, rows: np.ndarray, columns: np.ndarray) -> None:
+        """Gene ranges (and the PCA atlas, by Lanczos iteration) from the kept genes' log values, held once, sparse."""
+        log_expression = self._normalise(read_count_rows(adata, rows))[:, columns].tocsr()
+        log_expression.data = np.log1p(log_expression.data, dtype=np.float64)
+        self.gene_min = log_expression.min(axis=0).toarray().ravel().astype(np.float64)
+        self.gene_max = log_expression.max(axis=0).toarray().ravel().astype(np.float64)
+        if self.atlas_method == "pca":  # x = (log − min) / span; centring removes the shift, so it stays sparse
+            mean, components = principal_axes(log_expression @ sp.diags(1.0 / self.gene_span), self.latent_dim)
+            self._set_components(mean - self.gene_min / self.gene_span, components)
 
     def _atlas_method(self, adata: ad.AnnData) -> str:
         """The `atlas` setting resolved against this data; an unusable embedding is refused before any pass."""
@@ -185,13 +206,18 @@ class RnaPreprocessor:
     def _set_pca(self, mean: np.ndarray, cov: np.ndarray, shift: np.ndarray | None = None, span: np.ndarray | None = None) -> None:
         """Principal axes of data with `mean`/`cov`, or of (data − shift) / span when those are given.
 
-        Signs are fixed (largest loading positive) so refits on the same data give the same `z_atlas`.
+        An exact eigendecomposition of the covariance, for streamed data and for wide atlas embeddings.
         """
         if span is not None:
             mean, cov = (mean - shift) / span, cov / np.outer(span, span)
         n = len(cov)
         _, vectors = scipy.linalg.eigh(cov, subset_by_index=[max(n - self.latent_dim, 0), n - 1])  # ascending
-        components = vectors[:, ::-1].T.copy()
+        self._set_components(mean, vectors[:, ::-1].T)
+
+    def _set_components(self, mean: np.ndarray, components: np.ndarray) -> None:
+        """The projection z = (v − mean) @ components.T, signs fixed (largest loading positive) so refits on
+        the same data give the same `z_atlas`, zero-padded to `latent_dim` rows."""
+        components = np.array(components, dtype=np.float64)
         largest = components[np.arange(len(components)), np.abs(components).argmax(axis=1)]
         components *= np.where(largest < 0, -1.0, 1.0)[:, None]
         padding = np.zeros((self.latent_dim - len(components), len(mean)))
@@ -238,7 +264,7 @@ class RnaPreprocessor:
     def from_counts(self, adata: ad.AnnData, rows: np.ndarray, kept: np.ndarray, library: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(x, z_atlas)` of the cells at `rows` from their kept genes' counts (dense, cells × genes) and
         libraries (cells × 1): for a caller that keeps those counts at hand instead of reading every gene."""
-        log_expression = np.log1p(kept * self._scale(library))  # as `_log_expression`, on the kept genes only
+        log_expression = np.log1p(kept * self._scale(library))  # as in fitting, on the kept genes only
         x = np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0).astype(np.float32)
         return x, np.asarray(self._atlas_embedding(adata, rows, x, kept), dtype=np.float32)
 
@@ -277,9 +303,6 @@ class RnaPreprocessor:
     def _normalise(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         """Each cell scaled to `target_sum` counts over all its genes (empty cells stay zero)."""
         return sp.csr_matrix(sp.diags(self._scale(np.asarray(counts.sum(axis=1)).ravel())) @ counts)
-
-    def _log_expression(self, counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
-        return np.log1p(self._normalise(counts)[:, columns].toarray())
 
     def _blocks(self, adata: ad.AnnData, rows: np.ndarray, what: str) -> Iterator[sp.csr_matrix]:
         starts = range(0, len(rows), self.chunk_size)
@@ -362,6 +385,31 @@ class _LogStats:
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         mean = self.total / self.n
         return mean, (self.cross - self.n * np.outer(mean, mean)) / (self.n - 1)
+
+
+def principal_axes(values: sp.spmatrix | np.ndarray, n_components: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and the top `n_components` principal axes (rows, largest variance first) of `values`
+    (cells × genes): the covariance's top eigenvectors by Lanczos iteration (ARPACK), applying the centred
+    matrix to vectors without forming it, so a sparse matrix stays sparse and the genes × genes covariance
+    is never built or fully decomposed. Converged to machine precision, so the axes are the exact ones
+    (a randomized SVD is not: on van Galen's marrow its 50th axis is far off, the spectrum's tail being flat).
+    Data too small for this to pay get a dense SVD. Seeded start vector: the same data give the same axes.
+    """
+    n_cells, n_genes = values.shape
+    mean = np.asarray(values.mean(axis=0), dtype=np.float64).ravel()
+    if min(n_cells, n_genes) <= 2 * n_components + 1:
+        dense = values.toarray() if sp.issparse(values) else np.asarray(values, dtype=np.float64)
+        return mean, np.linalg.svd(dense - mean, full_matrices=False)[2][:n_components]
+
+    def covariance_times(vectors: np.ndarray) -> np.ndarray:  # (values − mean).T @ (values − mean) @ vectors
+        vectors = np.asarray(vectors).reshape(n_genes, -1)
+        centred = values @ vectors - mean @ vectors
+        return values.T @ centred - np.outer(mean, centred.sum(axis=0))
+
+    covariance = scipy.sparse.linalg.LinearOperator((n_genes, n_genes), matvec=covariance_times, matmat=covariance_times, dtype=np.float64)
+    start = np.random.default_rng(seed).standard_normal(n_genes)
+    _, vectors = scipy.sparse.linalg.eigsh(covariance, k=n_components, which="LA", v0=start)  # ascending
+    return mean, vectors[:, ::-1].T
 
 
 def scanpy_seurat_v3(counts: sp.csr_matrix, batches: np.ndarray, n_top_genes: int, span: float = LOESS_SPANS[0]) -> pd.DataFrame:
