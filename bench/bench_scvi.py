@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,8 +87,9 @@ class Clock(L.Callback):
 
 
 def trainer_settings(epochs: int, clock: Clock) -> dict:
+    """A bare Trainer; its root folder is a temporary one, so our plan's preprocessor.json lands there, not in the cwd."""
     return dict(
-        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[clock], logger=False, enable_checkpointing=False,
+        default_root_dir=tempfile.mkdtemp(prefix="bench_scvi_"), max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[clock], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
     )  # fmt: skip
 
