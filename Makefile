@@ -133,9 +133,15 @@ readme-figures:
 	 for preset in granulopoiesis monocytopoiesis neutrophil_maturation; do \
 	   cp $$run/trajectories/$$preset/strip.png $(FIGURES)/$$preset-strip.png; \
 	   cp $$run/trajectories/$$preset/heatmap.png $(FIGURES)/$$preset-heatmap.png; \
+	   cp $$run/trajectories/$$preset/paths.png $(FIGURES)/$$preset-paths.png; \
 	 done; cp $$run/joint_latent.png $(FIGURES)/joint_latent.png
 	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/markers.png $(FIGURES)/vangalen-HSC_to_Mono-markers.png
+	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/markers_dpt.png $(FIGURES)/vangalen-HSC_to_Mono-markers_dpt.png
 	cp $(DEMO_DIR)/real_rna/trajectory/HSC_to_Mono/heatmap.png $(FIGURES)/vangalen-HSC_to_Mono-heatmap.png
+	@if command -v chromium >/dev/null; then chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	   --disable-background-networking --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
+	   --hide-scrollbars --window-size=1100,1000 --screenshot=docs/img/report.png file://$(abspath $(DEMO_DIR))/report/index.html 2>/dev/null; \
+	 else echo "skipping docs/img/report.png: no chromium (apt-get install chromium)"; fi
 	@if [ -f $(PBC_RUN)/quality/reconstructions.png ]; then cp $(PBC_RUN)/quality/reconstructions.png docs/img/pbc_reconstructions.png; \
 	 else echo "skipping docs/img/pbc_reconstructions.png: run make pbc-train first"; fi
 
