@@ -30,12 +30,13 @@ from wbcvae.trajectory.gp import Anchors, Trajectory
 class PathCells:
     """The cells a data path is read from: rows into the caller's latent, their DPT (0 at the root),
     their equal-count DPT quantile (`quantile`, 0 … q−1) and their pseudotime `t`: the path's
-    (`arc_length` of the quantile centroids), interpolated in DPT between the quantiles' mean DPTs."""
+    (`arc_length` of the quantile `centroids`), interpolated in DPT between the quantiles' mean DPTs."""
 
     rows: np.ndarray
     dpt: np.ndarray
     quantile: np.ndarray
     t: np.ndarray
+    centroids: np.ndarray  # q × latent: the data path's waypoints
 
 
 def diffusion_pseudotime(latent: np.ndarray, classes: Sequence[str], start: str, end: str, n_neighbors: int = 15) -> np.ndarray:
@@ -96,7 +97,7 @@ def path_cells(
     quantile = np.minimum((rank / len(rows) * quantiles).astype(int), quantiles - 1)
     centroids = np.stack([np.asarray(latent, dtype=np.float64)[rows[quantile == q]].mean(0) for q in range(quantiles)])
     mean_dpt = np.array([dpt[quantile == q].mean() for q in range(quantiles)])
-    return PathCells(rows, dpt, quantile, np.interp(dpt, mean_dpt, arc_length(centroids)))
+    return PathCells(rows, dpt, quantile, np.interp(dpt, mean_dpt, arc_length(centroids)), centroids)
 
 
 def arc_length(points: np.ndarray) -> np.ndarray:
@@ -116,12 +117,12 @@ def data_anchors(latent: np.ndarray, classes: Sequence[str], cells: PathCells) -
     commonest class, with the variance of its cells (the scatter posterior samples draw around the path)."""
     latent = np.asarray(latent, dtype=np.float64)
     classes = np.asarray(classes, dtype=object)
-    groups = [np.flatnonzero(cells.quantile == q) for q in range(cells.quantile.max() + 1)]
-    z = np.stack([latent[cells.rows[g]].mean(0) for g in groups])
+    groups = [np.flatnonzero(cells.quantile == q) for q in range(len(cells.centroids))]
     scatter = np.stack([latent[cells.rows[g]].var(0) for g in groups])
-    t = arc_length(z)
     names = [pd.Series(classes[cells.rows[g]]).mode().iloc[0] for g in groups]
-    return Anchors(torch.as_tensor(t), torch.as_tensor(z), names, "quantiles", torch.as_tensor(scatter))
+    return Anchors(
+        torch.as_tensor(arc_length(cells.centroids)), torch.as_tensor(cells.centroids), names, "quantiles", torch.as_tensor(scatter)
+    )
 
 
 def dpt_trends(cells: PathCells, expression: pd.DataFrame, t: np.ndarray, bins: int = 20) -> pd.DataFrame:
