@@ -24,7 +24,8 @@ from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.pseudotime import cell_expression
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, run_trajectory
-from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
+from wbcvae.checkpoints import load_plan
+from wbcvae.training.embed import EMBEDDING_KEY, embed
 
 NUMBERS = ("ari_clusters", "ari_shapes", "transient_recall", "shape_accuracy", "pseudotime_spearman", "k_used", "genes_flat")
 

@@ -177,7 +177,8 @@ def _real_rna(run: Run) -> Outputs:
     from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
     from wbcvae.trajectory.pseudotime import cell_expression
     from wbcvae.trajectory.run import run_trajectory
-    from wbcvae.training.embed import EMBEDDING_KEY, embed, load_plan
+    from wbcvae.checkpoints import load_plan
+    from wbcvae.training.embed import EMBEDDING_KEY, embed
 
     settings = run.section("real_rna")
     source = settings.get("source")
