@@ -103,8 +103,9 @@ def write_report(
         copied: set[str] = set()
         for slug, section in zip(slugs, sections):
             body.append(_section_html(tmp, slug, section, (max_rows, folded_rows), copied))
-        body.append(_metrics_html(to_jsonable(metrics), labels or {}, group_titles or {}))
-        (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+        plain = to_jsonable(metrics)
+        body.append(_metrics_html(plain, labels or {}, group_titles or {}))
+        (tmp / "metrics.json").write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n")
         (tmp / "index.html").write_text(_PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(body)))
     return out_dir / "index.html"
 
