@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from wbcvae.alignment.loss import Correspondence, alignment_loss, class_moments, statistics
 from wbcvae.alignment.metrics import alignment_metrics, modality_mixing
 from wbcvae.alignment.module import JointAlignmentModule, RnaCells, load_alignment
+from wbcvae.alignment.warm_start import image_class_means, procrustes, procrustes_warm_start
 from wbcvae.errors import InputError
 from wbcvae.training.image_plan import ImageVAEPlan
 from wbcvae.training.rna_plan import RnaVAEPlan
@@ -340,3 +341,31 @@ def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sou
     assert cli_main.main(args) == 2
     assert "'deltaa'" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs" / "alignment").iterdir()) == ["version_0"]
+
+
+# --- the warm start ---------------------------------------------------------------------------------
+
+
+def test_procrustes_recovers_a_rotation_scale_and_shift():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(8, LATENT, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(LATENT, LATENT, generator=generator))
+    target = 2.5 * source @ rotation + torch.arange(LATENT).float()
+    rigid = procrustes(source, target)
+    assert abs(rigid.scale - 2.5) < 1e-4 and torch.allclose(rigid.apply(source), target, atol=1e-4)
+
+
+def test_warm_start_puts_image_classes_on_rna_classes_and_keeps_every_reconstruction():
+    image, rna = tiny_plans()
+    correspondence = {"myeloblast": ["HSC"], "monocyte": ["Mono"], "neutrophil_segmented": ["neutrophil_segmented"]}
+    module = JointAlignmentModule(image, rna, tiny_rna_cells(), correspondence).eval()
+    loader = DataLoader(tiny_image_data(), batch_size=16)
+    features = torch.cat([batch["features"] for batch in loader])
+    before = image.vae.decode(image.vae.encode(features)[0])
+    fitted = procrustes_warm_start(module, loader)
+    means, _ = image_class_means(module, loader)
+    after = image.vae.decode(image.vae.encode(features)[0])
+    assert fitted["pairs"] == 3 and fitted["mean_term_after"] < 0.5 * fitted["mean_term_before"]
+    assert float(((means - module.target_mean) ** 2).mean()) == pytest.approx(fitted["mean_term_after"], rel=1e-3)
+    for old, new in zip(before, after):  # features, image and mask decode as before the move
+        assert torch.allclose(old, new, atol=1e-4)

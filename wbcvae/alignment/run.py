@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from wbcvae.alignment.metrics import save_joint_latent_plot
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents, RnaCells
+from wbcvae.alignment.warm_start import procrustes_warm_start
 from wbcvae.checkpoints import load_plan
 from wbcvae.data.rna import read_rna
 from wbcvae.errors import InputError
@@ -30,7 +31,7 @@ from wbcvae.features.datamodule import FeatureDataModule
 from wbcvae.report.html import Section, to_jsonable, write_csv, write_report
 from wbcvae.trajectory.callback import TrajectoryCallback
 from wbcvae.trajectory.presets import get_preset
-from wbcvae.trajectory.pseudotime import cell_expression
+from wbcvae.trajectory.expression import cell_expression
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, report_section
 from wbcvae.training.embed import EMBEDDING_KEY, embed
@@ -40,6 +41,7 @@ from wbcvae.utils.atomic import atomic_path
 from wbcvae.utils.config import check_types, resolve_config
 
 RUN_VERSION_ENV = "WBCVAE_ALIGN_RUN_VERSION"
+WARM_STARTS = ("procrustes", "none")
 
 
 @dataclass
@@ -68,6 +70,7 @@ class AlignConfig:
     wandb_project: str = "wbcvae"
     trajectories: list[str] = field(default_factory=lambda: ["granulopoiesis", "monocytopoiesis", "neutrophil_maturation"])
     trajectory: dict[str, Any] = field(default_factory=dict)  # TrajectorySettings fields
+    warm_start: str = "procrustes"  # or "none": start from the image VAE as trained (see wbcvae.alignment.warm_start)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike | None, **overrides: Any) -> AlignConfig:
@@ -88,6 +91,8 @@ class AlignConfig:
         check_types(values, {f.name: f.type for f in fields(cls)}, path or "alignment settings")
         config = cls(**values)
         TrajectorySettings.from_mapping(config.trajectory)  # an unknown key fails here, before any training
+        if config.warm_start not in WARM_STARTS:
+            raise InputError(f"alignment setting 'warm_start' must be one of {list(WARM_STARTS)}, got {config.warm_start!r}")
         for name in ("image_ckpt", "rna_ckpt", "features", "rna"):
             if not getattr(config, name):
                 raise InputError(f"alignment setting {name!r} is required (in the YAML or as --{name.replace('_', '-')})")
@@ -153,7 +158,8 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
     truth = _ground_truth(config, module, rna)
     settings = TrajectorySettings.from_mapping(config.trajectory)
     markers = sorted({gene for name in config.trajectories for gene in get_preset(name).expected_markers})
-    expression = cell_expression(config.rna, rna.obs_names, markers)  # the DPT-trend baseline beside each curve
+    # the real cells beside each decoded curve: its DPT-trend baseline and the yardstick of flat vs changed
+    expression = cell_expression(config.rna, rna.obs_names, [*module.gene_names, *markers])
     trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories", expression)
     # the latest epoch as last.ckpt after every epoch, so that a killed run resumes from it (Lightning 2.6
     # writes a `save_last` checkpoint only in a step that saved another one: with save_top_k=0, at the end)
@@ -168,6 +174,11 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
         default_root_dir=config.out,
     )
     data = FeatureDataModule(config.features, batch_size=config.batch_size, seed=config.seed)
+    if ckpt_path is None and config.warm_start == "procrustes":  # a resumed run continues from its own weights
+        data.setup("fit")
+        fitted = procrustes_warm_start(module, data.train_dataloader())
+        for logger in loggers:
+            logger.log_metrics({f"warm_start/{key}": value for key, value in fitted.items()}, step=0)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     if not module.last_metrics:  # resumed from the final epoch's checkpoint: nothing was validated in this process
         trainer.validate(module, datamodule=data, verbose=False)
