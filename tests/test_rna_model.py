@@ -55,7 +55,13 @@ def test_nb_decoder_gives_count_shares_and_normalised_expression():
     out = vae(torch.rand(5, 30))
     assert out["x_hat"].min() >= 0 and out["x_hat"].max() <= 1 and out["theta"].shape == (30,)
     mse = RnaVAE(n_genes=30, hidden=(16,), latent_dim=4).eval()
-    torch.testing.assert_close(mse.expression(z), mse.decode(z))  # the study's scaled expression
+    mse.set_log_range(torch.full((30,), 0.5), torch.full((30,), 2.0))
+    torch.testing.assert_close(mse.expression(z), 0.5 + 2.0 * mse.decode(z))  # scaled expression back on the log scale
+    # an "mse" checkpoint from before the range was kept: loads, its curves stay on the scaled axis
+    old = {k: v for k, v in mse.state_dict().items() if k not in ("log_min", "log_span")}
+    reloaded = RnaVAE(n_genes=30, hidden=(16,), latent_dim=4).eval()
+    reloaded.load_state_dict(old)
+    torch.testing.assert_close(reloaded.expression(z), mse.decode(z))
     with pytest.raises(InputError, match="likelihood must be one of"):
         RnaVAEPlan(n_genes=30, likelihood="poisson")
 

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from PIL import Image
 from scipy.stats import spearmanr
@@ -20,6 +21,7 @@ from wbcvae.errors import InputError
 from wbcvae.report import Section, write_report
 from wbcvae.trajectory import kinetics as kinetics_module
 from wbcvae.trajectory.decode import as_decoder, decode_path, save_gif, save_image_strip
+from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
 from wbcvae.trajectory.kinetics import change_and_spread, change_threshold_z, cluster_kinetics, znormalise
 from wbcvae.trajectory.presets import PRESETS
@@ -332,6 +334,48 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
 
 
+def test_a_wiggle_the_cells_cannot_show_is_flat_and_real_changes_stay(tmp_path):
+    """The decoder draws a small wiggle into a gene whose cells are flat noise: with the cells'
+    standard error as yardstick it is flat; without, the decoded samples alone call it changed."""
+    preset = PRESETS["granulopoiesis"]
+    latent, classes, _ = clusters_along_a_curve(preset.series, per_class=20, noise=0.05)
+    kinds = ["up", "down", "transient", "flat"]
+    planted = planted_gene_decoder(kinds)
+
+    def wiggling(z):
+        out = planted(z)
+        out[:, 3] += 0.1 * torch.sin(z[:, 0] * 2.0)
+        return out
+
+    noise = np.random.default_rng(1).normal(0, 0.2, (len(latent), len(kinds)))
+    expression = counts_that_log_normalise_to(planted(torch.as_tensor(latent)).numpy() + noise, kinds)
+    settings = TrajectorySettings(steps=40, samples=3, k_range=(3, 3), compare_chord=False, **FAST)
+    alone = run_trajectory(preset, latent, classes, None, wiggling, kinds, tmp_path / "alone", settings)
+    beside = run_trajectory(preset, latent, classes, None, wiggling, kinds, tmp_path / "beside", settings, expression=expression)
+    assert alone.kinetics.table.set_index("gene").at["flat", "shape"] != "flat"
+    assert list(beside.kinetics.table.set_index("gene").loc[kinds, "gene_shape"]) == kinds
+
+
+def test_local_standard_error_is_the_sd_of_the_nearest_cells_over_root_k():
+    latent = np.array([[0.0], [0.1], [0.2], [5.0], [5.1]])
+    values = np.array([[1.0], [2.0], [3.0], [7.0], [9.0]])
+    expression = counts_that_log_normalise_to(values, ["G"]).padded(6)  # a sixth row without RNA
+    latent = np.vstack([latent, [[0.05]]])
+    se = local_standard_error(np.array([[0.1], [5.05]]), latent, expression, ["G", "absent"], neighbours=2)
+    assert se.shape == (2, 2) and se[1, 0] == pytest.approx(np.std([7.0, 9.0], ddof=1) / np.sqrt(2), rel=1e-4)
+    assert se[0, 0] == pytest.approx(np.std([2.0, 1.0], ddof=1) / np.sqrt(2), rel=1e-4) or se[0, 0] == pytest.approx(
+        np.std([2.0, 3.0], ddof=1) / np.sqrt(2), rel=1e-4
+    )
+    assert se[:, 1].tolist() == [0.0, 0.0]  # a gene the cells lack gives no yardstick
+
+
+def counts_that_log_normalise_to(values: np.ndarray, genes: list[str]) -> CellExpression:
+    """Cells whose log1p counts per 10,000 are `values` shifted to be positive (trends' shapes and
+    correlations do not see the shift)."""
+    shifted = values - values.min() + 0.1
+    return CellExpression(sp.csr_matrix(np.expm1(shifted)), np.full(len(values), 1e4), genes)
+
+
 def test_rna_only_path_decodes_genes_and_reads_the_known_markers_beside_their_dpt_trend(tmp_path):
     preset = PRESETS["monocytopoiesis"]
     latent, classes, t = clusters_along_a_curve(preset.series, per_class=20, noise=0.05)
@@ -339,8 +383,9 @@ def test_rna_only_path_decodes_genes_and_reads_the_known_markers_beside_their_dp
     genes = ["CD34", "LYZ", "S100A8", "G3", "G4", "G5"]  # S100A8 planted transient: it must disagree
     decoder = planted_gene_decoder(kinds)
     # The real cells' expression: the planted genes at each cell's latent, CD34 reversed (anti-correlated).
-    expression = pd.DataFrame(decoder(torch.as_tensor(latent)).numpy()[:, :3], columns=genes[:3])
-    expression["CD34"] = -expression["CD34"]
+    planted = decoder(torch.as_tensor(latent)).numpy()[:, :3]
+    planted[:, 0] = -planted[:, 0]
+    expression = counts_that_log_normalise_to(planted, genes[:3])
     settings = TrajectorySettings(path="chord", waypoints=True, steps=20, samples=2, k_range=(3, 3), **FAST)
     chord = run_trajectory(preset, latent, classes, None, decoder, genes, tmp_path / "chord", settings, expression=expression)
     assert "markers_dpt" not in chord.files  # the chord has no DPT to read trends along

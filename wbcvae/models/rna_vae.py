@@ -45,8 +45,9 @@ class RnaVAE(nn.Module):
     """MLP encoder n_genes → hidden… → (μ, log σ²); the decoder mirrors it back to n_genes.
 
     Inputs are min-max scaled log expression in [0, 1] (the preprocessing) for both likelihoods.
-    With "nb" the model also holds each gene's fitted log-expression range (`log_min`, `log_span`,
-    set by the training plan from the preprocessing) to report `x_hat` on the input's scale.
+    The model also holds each gene's fitted log-expression range (`log_min`, `log_span`, set by the
+    training plan from the preprocessing): "nb" reports `x_hat` on the input's scale with it, and both
+    likelihoods' `expression` curves are log-normalised expression, the scale of the real cells.
     """
 
     def __init__(
@@ -67,8 +68,9 @@ class RnaVAE(nn.Module):
         else:
             self.decoder = nn.Sequential(_mlp([latent_dim, *reversed(hidden)]), nn.Linear(hidden[0], n_genes + 1), nn.Softmax(-1))
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
-            self.register_buffer("log_min", torch.zeros(n_genes))
-            self.register_buffer("log_span", torch.ones(n_genes))
+        self.register_buffer("log_min", torch.zeros(n_genes))
+        self.register_buffer("log_span", torch.ones(n_genes))
+        self._register_load_state_dict_pre_hook(_scaled_curves_for_old_mse)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ² of q(z | x) for a batch B×n_genes."""
@@ -81,13 +83,14 @@ class RnaVAE(nn.Module):
         return self.decoder(z)[:, : self.n_genes]
 
     def expression(self, z: torch.Tensor) -> torch.Tensor:
-        """What a gene curve shows: "nb": expected log-normalised expression log1p(10⁴ · ρ), comparable
-        across genes; "mse": the decoded scaled expression (each gene min-max scaled on its own)."""
+        """What a gene curve shows: log-normalised expression log1p(10⁴ · count / total), comparable across
+        genes and with the real cells: "nb" the expected expression log1p(10⁴ · ρ), "mse" the decoded
+        scaled expression mapped back through each gene's log range."""
         decoded = self.decode(z)
-        return torch.log1p(TARGET_SUM * decoded) if self.likelihood == "nb" else decoded
+        return torch.log1p(TARGET_SUM * decoded) if self.likelihood == "nb" else decoded * self.log_span + self.log_min
 
     def set_log_range(self, low: torch.Tensor, span: torch.Tensor) -> None:
-        """The preprocessing's per-gene log-expression minimum and span ("nb" only: `x_hat` on the input scale)."""
+        """The preprocessing's per-gene log-expression minimum and span."""
         self.log_min.copy_(torch.as_tensor(low, dtype=self.log_min.dtype))
         self.log_span.copy_(torch.as_tensor(span, dtype=self.log_span.dtype))
 
@@ -103,3 +106,13 @@ class RnaVAE(nn.Module):
             return {"mu": mu, "logvar": logvar, "z": z, "x_hat": decoded}
         x_hat = ((torch.log1p(TARGET_SUM * decoded) - self.log_min) / self.log_span).clamp(0, 1)
         return {"mu": mu, "logvar": logvar, "z": z, "x_hat": x_hat, "rho": decoded, "theta": self.log_theta.exp()}
+
+
+def _scaled_curves_for_old_mse(state_dict: dict, prefix: str, *args) -> None:
+    """An "mse" checkpoint from before the log range was kept loads with the identity range (0, 1):
+    its curves stay on the scaled axis it was trained on."""
+    first = state_dict.get(f"{prefix}encoder.0.weight")  # hidden × n_genes
+    if first is None or f"{prefix}log_min" in state_dict:
+        return
+    state_dict[f"{prefix}log_min"] = torch.zeros(first.shape[1], dtype=first.dtype)
+    state_dict[f"{prefix}log_span"] = torch.ones(first.shape[1], dtype=first.dtype)

@@ -69,7 +69,7 @@ class RnaVAEPlan(VAEPlan):
         super().on_fit_start()
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank
         preprocessor = getattr(self.trainer.datamodule, "preprocessor", None)
-        if preprocessor is not None and self.vae.likelihood == "nb":
+        if preprocessor is not None:
             self.vae.set_log_range(torch.from_numpy(preprocessor.gene_min), torch.from_numpy(preprocessor.gene_span))
         if preprocessor is not None and self.trainer.is_global_zero:
             self.preprocessor_path = preprocessor.save(run_dir / "preprocessor.json").resolve()

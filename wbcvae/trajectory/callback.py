@@ -12,13 +12,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents
 from wbcvae.errors import InputError
 from wbcvae.trajectory.decode import as_decoder
+from wbcvae.trajectory.expression import CellExpression
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectoryResult, TrajectorySettings, run_trajectory
@@ -31,17 +31,17 @@ def run_presets(
     settings: TrajectorySettings | None = None,
     truth: GroundTruth | None = None,
     image_cells: LabelledLatents | None = None,
-    expression: pd.DataFrame | None = None,
+    expression: CellExpression | None = None,
 ) -> dict[str, TrajectoryResult]:
     """Run each preset on the module's latents; a preset whose classes are missing is skipped with a warning.
 
-    `expression`: the RNA cells' expression of the presets' markers (rows as the module's RNA cells),
-    for the DPT-trend baseline beside each decoded curve.
+    `expression`: the RNA cells' counts (rows as the module's RNA cells), for the DPT-trend baseline
+    beside each decoded curve and the yardstick of flat vs changed genes.
     """
     image_cells = image_cells if image_cells is not None else module.image_latents
     cells = LabelledLatents.concat([module.rna_latents(), *([image_cells] if image_cells is not None else [])])
-    if expression is not None:  # image cells have no RNA: NaN rows
-        expression = expression.reset_index(drop=True).reindex(range(len(cells.latent)))
+    if expression is not None:  # image cells have no RNA
+        expression = expression.padded(len(cells.latent))
     image_decoder, gene_decoder = as_decoder(module.image_plan.vae), as_decoder(module.rna_plan.vae)
     results = {}
     for name in presets:
@@ -65,7 +65,7 @@ class TrajectoryCallback(L.Callback):
         settings: TrajectorySettings | None = None,
         truth: GroundTruth | None = None,
         out_dir: str | Path | None = None,
-        expression: pd.DataFrame | None = None,
+        expression: CellExpression | None = None,
     ) -> None:
         unknown = [p for p in presets if p not in PRESETS]
         if unknown:

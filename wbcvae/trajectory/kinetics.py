@@ -1,9 +1,11 @@
 """Gene kinetics along a decoded path: flat or changed, z-normalised curves, k-Shape clusters named by shape.
 
-A gene is `changed` when its decoded curve moves by more than the cells vary around the path: the
-range of the mean curve (max − min) must exceed z standard deviations of the difference between its
-highest and lowest step, that sd taken from the decoded samples (cells drawn along the path: a
-posterior path plus the cells' scatter; each step's sd, the two steps' combined as if independent).
+A gene is `changed` when its decoded curve moves by more than it is known to: the range of the mean
+curve (max − min) must exceed z standard deviations of the difference between its highest and
+lowest step. The per-step sd (`spread`) is the caller's: the decoded samples' (cells drawn along the
+path: a posterior path plus the cells' scatter) combined with the standard error of the real cells'
+mean near that step (`wbcvae.trajectory.expression`), which also covers what the decoder draws into
+genes that do not change; the two steps' sds combine as if independent.
 The range is the largest of all the step-to-step differences, so z is the two-sided normal quantile
 for a family-wise `level` of 5 % over the path's steps (Bonferroni: z ≈ 3.5 for 100 steps). The rest
 are `flat` and kept out of k-Shape, which compares *shapes* after z-normalisation and would
@@ -294,6 +296,11 @@ def save_heatmap(kinetics: GeneKinetics, path: Path, genes_per_cluster: int = 40
     matrix = kinetics.curves.loc[shown["gene"]].to_numpy()
     fig = Figure(figsize=(6.5, 2 + 0.035 * len(shown)))
     ax = fig.subplots()
+    if not len(shown):
+        ax.text(0.5, 0.5, f"every one of {len(table)} genes is flat: no change beyond the spread", ha="center", va="center")
+        ax.set_axis_off()
+        ax.set_title(title or "gene kinetics", fontsize=9)
+        return save_figure(fig, path)
     image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5, interpolation="nearest",
                       extent=(kinetics.t[0], kinetics.t[-1], len(shown), 0))
     bounds = np.flatnonzero(np.diff(shown["cluster"].to_numpy())) + 1

@@ -64,6 +64,15 @@ PRESETS: dict[str, TrajectoryPreset] = {
 }
 
 
+# Real marrow, HSC → GMP → ProMono → Mono (van Galen et al. 2019 cell types): stem-cell genes fall,
+# primary-granule proteins peak in GMPs and promonocytes, monocyte genes rise.
+MARROW_MONOCYTE_MARKERS: dict[str, str] = {
+    **{gene: "down" for gene in ("CD34", "CRHBP", "HLF", "AVP", "SPINK2")},
+    **{gene: "transient" for gene in ("MPO", "ELANE", "AZU1", "PRTN3", "CTSG")},
+    **{gene: "up" for gene in ("LYZ", "S100A8", "S100A9", "CD14", "FCN1", "CSF1R", "VCAN")},
+}
+
+
 def get_preset(name: str) -> TrajectoryPreset:
     if name not in PRESETS:
         raise InputError(f"no trajectory preset {name!r}; known: {sorted(PRESETS)}")

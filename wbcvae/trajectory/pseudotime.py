@@ -10,7 +10,6 @@ equal-count quantiles, and the centroid of each quantile becomes a waypoint of t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from wbcvae.errors import InputError
 from wbcvae.report.html import save_figure
 from wbcvae.trajectory.decode import DecodedPath
+from wbcvae.trajectory.expression import CellExpression
 from wbcvae.trajectory.gp import Anchors, Trajectory
 
 
@@ -125,44 +125,24 @@ def data_anchors(latent: np.ndarray, classes: Sequence[str], cells: PathCells) -
     )
 
 
-def dpt_trends(cells: PathCells, expression: pd.DataFrame, t: np.ndarray, bins: int = 20) -> pd.DataFrame:
+def dpt_trends(cells: PathCells, expression: CellExpression, genes: Sequence[str], t: np.ndarray, bins: int = 20) -> pd.DataFrame:
     """The baseline a user would run: each gene's mean expression in `bins` equal-count bins of the
     cells' DPT, interpolated onto the decoded path's pseudotimes `t` (steps × genes).
 
-    `expression` is cells × genes with one row per row of the caller's latent (NaN rows: cells
-    without RNA, e.g. images); only the path's cells that have RNA are binned.
+    `expression` has one row per row of the caller's latent; only the path's cells that have RNA
+    are binned.
     """
-    values = expression.to_numpy(dtype=np.float64)[cells.rows]
-    has_rna = np.isfinite(values).all(1)
+    genes = list(genes)
+    has_rna = expression.has_rna[cells.rows]
     if has_rna.sum() < bins:
         raise InputError(f"only {int(has_rna.sum())} cells of the path have RNA: too few for a DPT trend in {bins} bins")
-    values, cell_t = values[has_rna], cells.t[has_rna]
+    values, cell_t = expression.log_normalised(cells.rows[has_rna], genes).astype(np.float64), cells.t[has_rna]
     ranks = pd.Series(cell_t).rank(method="first").to_numpy() - 1
     which = np.minimum((ranks / len(cell_t) * bins).astype(int), bins - 1)
     centres = np.array([cell_t[which == b].mean() for b in range(bins)])
     means = np.stack([values[which == b].mean(0) for b in range(bins)])
     trend = np.stack([np.interp(t, centres, means[:, j]) for j in range(means.shape[1])], axis=1)
-    return pd.DataFrame(trend, index=pd.Index(np.round(t, 6), name="pseudotime"), columns=expression.columns)
-
-
-def cell_expression(source: str | os.PathLike, cell_names: Sequence[str], genes: Sequence[str]) -> pd.DataFrame:
-    """log1p of counts per 10,000 of `genes` for the cells `cell_names` of an RNA source (rows in that
-    order; NaN for a name the source lacks), the scale a scanpy user plots trends on. Genes the
-    source lacks are left out."""
-    from wbcvae.data.rna import read_rna
-
-    adata = read_rna(source)
-    kept = [g for g in genes if g in adata.var_names]
-    rows = pd.Index(adata.obs_names).get_indexer(list(cell_names))
-    found = rows >= 0
-    matrix = np.full((len(rows), len(kept)), np.nan)
-    if found.any() and kept:
-        counts = adata[rows[found]]
-        totals = np.asarray(counts.X.sum(1)).ravel()
-        chosen = counts[:, kept].X
-        chosen = chosen.toarray() if hasattr(chosen, "toarray") else np.asarray(chosen)
-        matrix[found] = np.log1p(chosen / np.maximum(totals, 1)[:, None] * 1e4)
-    return pd.DataFrame(matrix, index=list(cell_names), columns=kept)
+    return pd.DataFrame(trend, index=pd.Index(np.round(t, 6), name="pseudotime"), columns=genes)
 
 
 def save_marker_trends(decoded: DecodedPath, trends: pd.DataFrame, genes: Sequence[str], path: Path) -> Path:

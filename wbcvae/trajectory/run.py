@@ -29,6 +29,7 @@ from wbcvae.trajectory.decode import (
     save_gif,
     save_image_strip,
 )
+from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import Anchors, LatentPathGP, Trajectory, class_anchors
 from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
 from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
@@ -115,13 +116,15 @@ def run_trajectory(
     settings: TrajectorySettings | None = None,
     truth: GroundTruth | None = None,
     modality: Sequence[str] | None = None,
-    expression: pd.DataFrame | None = None,
+    expression: CellExpression | None = None,
 ) -> TrajectoryResult:
     """Fit, decode and cluster one preset from labelled latents (any modality, pooled).
 
     `modality` (per cell): a data path is read from the RNA cells when they hold both end classes,
-    else from every cell. `expression` (cells × genes, rows as `latent`, NaN for cells without RNA):
-    the real cells' expression of the preset's markers, for the DPT-trend baseline.
+    else from every cell. `expression` (rows as `latent`; image cells without RNA): the real cells'
+    counts, for the DPT-trend baseline and the yardstick of flat vs changed (the standard error of
+    the cells' mean near each step, see `wbcvae.trajectory.expression`); without it only the
+    decoded samples' spread calls genes flat.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     settings = settings or TrajectorySettings()
@@ -132,16 +135,17 @@ def run_trajectory(
         except InputError as err:  # e.g. end classes in two unconnected clouds: the chord still says something
             warnings.warn(f"trajectory {preset.name!r}: no data path ({err}); fitting the chord instead", stacklevel=2)
     anchors = data_anchors(latent, classes, cells) if cells is not None else _chord_anchors(latent, classes, preset, settings)
-    main = _walk(preset, anchors, image_decoder, gene_decoder, gene_names, settings, truth)
+    near = None if expression is None else _CellsNearPath(latent, expression, _quantile_size(classes, expression, preset, settings))
+    main = _walk(preset, anchors, image_decoder, gene_decoder, gene_names, settings, truth, near)
     trajectory, decoded, kinetics = main.trajectory, main.decoded, main.kinetics
     folder = Path(out_dir) / preset.name
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"kinetics": kinetics.table, "clusters": cluster_summary(kinetics)}
     trends = None
-    kept = [g for g in expression.columns if g in decoded.gene_names] if expression is not None else []
+    kept = [g for g in preset.expected_markers if g in decoded.gene_names and g in expression.genes] if expression is not None else []
     if cells is not None and kept:
         try:
-            trends = dpt_trends(cells, expression[kept], decoded.t)
+            trends = dpt_trends(cells, expression, kept, decoded.t)
         except InputError as err:  # e.g. a path read mostly from image cells
             warnings.warn(f"trajectory {preset.name!r}: no DPT trends ({err})", stacklevel=2)
     markers = marker_table(preset, kinetics, decoded, trends)
@@ -164,7 +168,7 @@ def run_trajectory(
             files["dpt_trends"] = write_csv(trends, folder / "dpt_trends.csv", index=True)
             metrics["dpt_correlation_median"] = float(markers["dpt_correlation"].median())
     if cells is not None and settings.compare_chord:
-        chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth)
+        chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth, near)
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
         files["paths_plot"] = save_paths_plot(latent, cells, {"data path": trajectory, "chord": chord.trajectory}, folder / "paths.png", preset.name)
         if chord.confusion is not None:
@@ -191,6 +195,24 @@ def _chord_anchors(latent: np.ndarray, classes: Sequence[str], preset: Trajector
     )
 
 
+@dataclass
+class _CellsNearPath:
+    """The RNA cells a path's gene calls are held against: `neighbours` nearest each step."""
+
+    latent: np.ndarray
+    expression: CellExpression
+    neighbours: int
+
+    def standard_error(self, trajectory: Trajectory, genes: Sequence[str]) -> np.ndarray | None:
+        return local_standard_error(trajectory.mean.numpy(), self.latent, self.expression, genes, self.neighbours)
+
+
+def _quantile_size(classes: Sequence[str], expression: CellExpression, preset: TrajectoryPreset, settings: TrajectorySettings) -> int:
+    """Cells in one pseudotime quantile of the preset's RNA cells: the resolution a data path is read at."""
+    on_path = np.isin(np.asarray(classes, dtype=object), list(preset.series)) & expression.has_rna
+    return max(2, int(on_path.sum()) // settings.quantiles)
+
+
 def _walk(
     preset: TrajectoryPreset,
     anchors: Anchors,
@@ -199,13 +221,19 @@ def _walk(
     gene_names: Sequence[str],
     settings: TrajectorySettings,
     truth: GroundTruth | None,
+    near: _CellsNearPath | None = None,
 ) -> _Walk:
-    """GP through `anchors`, decoded, its genes called flat or changed and clustered, scored against `truth`."""
+    """GP through `anchors`, decoded, its genes called flat or changed (against the decoded samples'
+    spread and, with `near`, the cells' standard error) and clustered, scored against `truth`."""
     gp = LatentPathGP(anchors, fit_iters=settings.fit_iters)
     trajectory = gp.trajectory(settings.steps, settings.samples, settings.seed, name=preset.name)
     decoded = decode_path(trajectory, image_decoder, gene_decoder, gene_names)
+    spread = decoded.gene_std
+    cells_se = None if near is None else near.standard_error(trajectory, decoded.gene_names)
+    if cells_se is not None:
+        spread = cells_se if spread is None else np.hypot(spread, cells_se)
     kinetics = cluster_kinetics(
-        decoded.genes, decoded.gene_names, decoded.t, decoded.gene_std, settings.flat_level, settings.k_range, seed=settings.seed
+        decoded.genes, decoded.gene_names, decoded.t, spread, settings.flat_level, settings.k_range, seed=settings.seed
     )
     metrics = {
         "lengthscale": gp.lengthscale,
@@ -233,7 +261,8 @@ def report_section(result: TrajectoryResult) -> Section:
     lines = [
         f"{preset.description}. GP {how}, at stages {', '.join(dict.fromkeys(anchors.stages))}; RBF lengthscale "
         f"{m['lengthscale']:.3f} (pseudotime units). A gene is changed when its decoded range exceeds the spread of "
-        f"{result.trajectory.samples.shape[0]} cells drawn along the path (5 % family-wise over the steps), else flat; "
+        f"{result.trajectory.samples.shape[0]} cells drawn along the path, with the standard error of the real cells' mean "
+        "near each step where the RNA is at hand (5 % family-wise over the steps), else flat; "
         "k-Shape on the changed genes with k = "
         f"{m['k_used']} (best silhouette). Genes by shape: {m['genes_up']} up, {m['genes_down']} down, "
         f"{m['genes_transient']} transient, {m['genes_flat']} flat.",
