@@ -113,9 +113,9 @@ def test_real_rna_stage_on_van_galen_lists_the_known_markers(vangalen, tmp_path,
     assert outputs["markers_not_kept"] == []
     section, metrics = _real_rna_section(outputs)
     markers = section.tables["known markers"].set_index("gene")
-    assert {"CD34", "LYZ"} <= set(markers.index) and set(markers["curve"]) <= {"up", "down", "transient"}
+    assert {"CD34", "LYZ", "MPO"} <= set(markers.index) and set(markers["curve"]) <= {"up", "down", "transient", "flat"}
     assert section.title == "Real RNA: van Galen healthy marrow, HSC → Mono"
-    assert f"{metrics['markers_agree']} of 6 agree" in section.text and "CD34 " in section.text
+    assert f"{metrics['markers_agree']} of 17 agree" in section.text and "CD34 " in section.text and "MPO " in section.text
     # A cell type the data does not have is named, with the ones it has (the trained model is reused).
     monkeypatch.setattr("wbcvae.pipeline._train_vae", lambda *args: {"checkpoint": outputs["checkpoint"]})
     run.config["real_rna"]["path"] = ["HSC", "Neutrophil"]

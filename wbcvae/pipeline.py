@@ -167,15 +167,15 @@ def _alignment(run: Run) -> Outputs:
     }
 
 
-REAL_RNA_MARKERS = "monocytopoiesis"  # the preset whose known markers the real path is read against
+REAL_RNA_LINEAGE = "monocytopoiesis"  # the synthetic preset whose lineage the real path stands beside
 
 
 def _real_rna(run: Run) -> Outputs:
     """The RNA β-VAE on real marrow, then the decoded path through `path`'s cell types: do the known
     markers go up and down on real RNA as they do in the synthetic world? Skipped without the data."""
     from wbcvae.trajectory.decode import as_decoder
-    from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
-    from wbcvae.trajectory.pseudotime import cell_expression
+    from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS, TrajectoryPreset, get_preset
+    from wbcvae.trajectory.expression import cell_expression
     from wbcvae.trajectory.run import run_trajectory
     from wbcvae.checkpoints import load_plan
     from wbcvae.training.embed import EMBEDDING_KEY, embed
@@ -201,15 +201,14 @@ def _real_rna(run: Run) -> Outputs:
         raise InputError(f"real_rna.path: no {missing[0]!r} cells in {source}; its cell types: {known}")
     plan, record = load_plan(trained["checkpoint"])
     genes = json.loads(record["preprocessor"]["json"])["genes"]
-    markers = get_preset(REAL_RNA_MARKERS)
     preset = TrajectoryPreset(
         name=f"{path[0]}_to_{path[-1]}",
-        lineage=markers.lineage,
+        lineage=get_preset(REAL_RNA_LINEAGE).lineage,
         series=tuple(path),
         description=f"Real RNA: {' → '.join(path)}",
-        expected_markers=markers.expected_markers,
+        expected_markers=MARROW_MONOCYTE_MARKERS,
     )
-    expression = cell_expression(source, cells.obs_names, list(markers.expected_markers))  # the DPT-trend baseline
+    expression = cell_expression(source, cells.obs_names, [*genes, *preset.expected_markers])  # the real cells beside the curves
     result = run_trajectory(
         preset, cells.obsm[EMBEDDING_KEY], cell_types.tolist(), None, as_decoder(plan.vae), genes, folder / "trajectory",
         trajectory_settings, expression=expression,
@@ -221,7 +220,7 @@ def _real_rna(run: Run) -> Outputs:
         "cells": int(cells.n_obs),
         "cells_on_path": {t: int(counts[t]) for t in path},
         "genes": len(genes),
-        "markers_not_kept": [g for g in markers.expected_markers if g not in genes],
+        "markers_not_kept": [g for g in preset.expected_markers if g not in genes],
         "files": {name: str(file) for name, file in result.files.items()},
         "metrics": to_jsonable(result.metrics),
     }
