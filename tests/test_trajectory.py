@@ -449,6 +449,20 @@ def test_callback_at_fit_end_then_cli_from_the_checkpoint(tmp_path, capsys, monk
     assert cli_main.main(args) == 0
     assert (out / "neutrophil_maturation" / "kinetics.csv").is_file() and (out / "report" / "index.html").is_file()
     assert "report:" in capsys.readouterr().out
+    # The RNA cells the model was aligned on, as the yardstick of flat vs changed; a source of other cells is refused.
+    import anndata as ad
+
+    def rna_source(n_cells):
+        counts = np.random.default_rng(0).poisson(3.0, (n_cells, 12)).astype(np.float32)
+        path = tmp_path / f"rna{n_cells}.h5ad"
+        obs = pd.DataFrame({"cell_type": ["Mono"] * n_cells}, index=[f"c{i}" for i in range(n_cells)])
+        ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(12)])).write_h5ad(path)
+        return str(path)
+
+    assert cli_main.main([*args, "--rna", rna_source(len(module.rna_latent))]) == 0
+    capsys.readouterr()
+    assert cli_main.main([*args, "--rna", rna_source(5)]) == 2
+    assert "5 cells, but the model was aligned on 153 RNA cells" in capsys.readouterr().err
     # Granulopoiesis with waypoints needs promyelocytes, which this model never saw: one clear line, exit 2.
     assert cli_main.main(["trajectory", "--ckpt", str(ckpt), "--preset", "granulopoiesis", "--path", "chord", "--waypoints", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err

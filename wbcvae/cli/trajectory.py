@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="k-Shape cluster counts tried; the best silhouette wins")
     traj.add_argument("--seed", type=int, default=0)
     traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
+    traj.add_argument("--rna", type=Path, default=None,
+                      help="RNA source the model was aligned on (default: --truth): its cells are the yardstick of flat vs "
+                           "changed genes and give the DPT trends; without it only the decoded samples' spread is used")
     traj.set_defaults(run=_trajectory)
 
 
@@ -50,7 +53,9 @@ def _trajectory(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     truth = _truth(args.truth, module) if args.truth else None
-    results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth)
+    rna = args.rna or args.truth
+    expression = _cells(rna, module) if rna else None
+    results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth, expression=expression)
     if not results:
         raise InputError(f"{args.ckpt}: no trajectory could be fitted (the warnings above name the missing classes)")
     for name, result in results.items():
@@ -59,6 +64,16 @@ def _trajectory(args: argparse.Namespace) -> None:
     metrics = {name: result.metrics for name, result in results.items()}
     report = write_report(out / "report", [report_section(r) for r in results.values()], metrics, title=f"wbcvae trajectories: {args.ckpt}")
     print(f"wrote {len(results)} trajectories to {out}; report: {report}")
+
+
+def _cells(source: Path, module):
+    from wbcvae.errors import InputError
+    from wbcvae.trajectory.expression import cell_expression
+
+    expression = cell_expression(source, None, module.gene_names)
+    if len(expression) != len(module.rna_latent):
+        raise InputError(f"{source}: {len(expression)} cells, but the model was aligned on {len(module.rna_latent)} RNA cells")
+    return expression
 
 
 def _truth(source: Path, module):

@@ -64,12 +64,13 @@ class CellExpression:
         return values
 
 
-def cell_expression(source: str | os.PathLike, cell_names: Sequence[str], genes: Sequence[str]) -> CellExpression:
+def cell_expression(source: str | os.PathLike, cell_names: Sequence[str] | None, genes: Sequence[str]) -> CellExpression:
     """The counts of `genes` (those the source has) for the cells `cell_names` of an RNA source, rows in
-    that order; a name the source lacks becomes a row without RNA."""
+    that order (None: every cell, in the source's order); a name the source lacks becomes a row without RNA."""
     from wbcvae.data.rna import read_rna
 
     adata = read_rna(source)
+    cell_names = adata.obs_names if cell_names is None else cell_names
     kept = list(dict.fromkeys(g for g in genes if g in adata.var_names))
     rows = pd.Index(adata.obs_names).get_indexer(list(cell_names))
     found = rows >= 0
