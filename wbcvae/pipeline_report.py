@@ -105,7 +105,7 @@ def write_results_page(sections: Sequence[Section], metrics: Mapping[str, Any], 
         sections,
         metrics,
         title="wbcvae pipeline report",
-        headlines=headlines(metrics, sections),
+        headlines=headlines(metrics),
         labels=METRIC_LABELS,
         group_titles=METRIC_GROUPS,
     )
@@ -128,7 +128,7 @@ def _caption(name: str) -> str:
 # --- headlines -----------------------------------------------------------------------------------
 
 
-def headlines(metrics: Mapping[str, Any], sections: Sequence[Section] = ()) -> list[Headline]:
+def headlines(metrics: Mapping[str, Any]) -> list[Headline]:
     """The results a reader looks for first, each beside its baseline, from whatever the run measured."""
     metrics = to_jsonable(metrics)  # NaN (not measured) reads as missing
     trajectories = {k.partition("/")[2]: v for k, v in metrics.items() if k.startswith("trajectory/") and isinstance(v, dict)}
@@ -136,7 +136,7 @@ def headlines(metrics: Mapping[str, Any], sections: Sequence[Section] = ()) -> l
         _alignment_headline(metrics.get("alignment") or {}),
         _pseudotime_headline(trajectories),
         _kinetics_headline(trajectories),
-        _synthetic_markers_headline(sections),
+        _synthetic_markers_headline(trajectories),
         _real_markers_headline(metrics.get("real_rna") or {}),
         _segmentation_headline(metrics.get("segmentation") or {}),
     ]
@@ -208,12 +208,8 @@ def _kinetics_headline(trajectories: Mapping[str, Mapping[str, Any]]) -> Headlin
     )
 
 
-def _synthetic_markers_headline(sections: Sequence[Section]) -> Headline | None:
-    counts = {}
-    for section in sections:
-        markers = section.tables.get("markers")
-        if section.title.startswith("Trajectory:") and markers is not None and "agrees" in markers and len(markers):
-            counts[section.title.partition(":")[2].strip()] = (int(markers["agrees"].astype(bool).sum()), len(markers))
+def _synthetic_markers_headline(trajectories: Mapping[str, Mapping[str, Any]]) -> Headline | None:
+    counts = {name: (m["markers_agree"], m["markers_compared"]) for name, m in trajectories.items() if m.get("markers_compared")}
     if not counts:
         return None
     agree, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
@@ -375,12 +371,8 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
         [files[key] for key in ("heatmap", "markers_plot") if key in files],
         tables | {"clusters": pd.read_csv(files["clusters"])},
     )
-    agreement = {
-        "markers_agree": int(markers["agrees"].sum()) if len(markers) else 0,
-        "markers_compared": len(markers),
-        "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
-    }
-    return section, {**m, **agreement}
+    shapes = {"marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", [])))}
+    return section, {"markers_agree": 0, "markers_compared": 0, **m, **shapes}
 
 
 def _vae_section(outputs: dict[str, dict[str, Any]]) -> tuple[Section, dict[str, Any]]:

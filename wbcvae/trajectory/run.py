@@ -161,6 +161,8 @@ def run_trajectory(
         "path": write_csv(_path_frame(trajectory), folder / "path.csv"),
     }
     metrics = dict(main.metrics)
+    if len(markers):
+        metrics |= {"markers_agree": int(markers["agrees"].astype(bool).sum()), "markers_compared": len(markers)}
     if trends is not None and len(markers):
         shown = [g for g in markers["gene"] if g in trends.columns]
         if shown:
