@@ -27,7 +27,7 @@ from wbcvae.trajectory.run import TrajectorySettings, run_trajectory
 from wbcvae.checkpoints import load_plan
 from wbcvae.training.embed import EMBEDDING_KEY, embed
 
-NUMBERS = ("ari_clusters", "ari_shapes", "transient_recall", "shape_accuracy", "pseudotime_spearman", "k_used", "genes_flat")
+NUMBERS = ("ari_curves", "ari_clusters", "transient_recall", "curve_shape_accuracy", "shape_accuracy", "pseudotime_spearman", "k_used", "genes_flat")
 
 
 def main() -> None:

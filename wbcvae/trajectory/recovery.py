@@ -3,11 +3,15 @@
 Two numbers per trajectory:
 - Spearman ρ between the position along the path (step index) and the true pseudotime of the cells
   nearest to each step in the latent space (1 = the path walks the maturation in the right order);
-- adjusted Rand index between k-Shape's clusters and the genes' true kinetics on the path's lineage,
-  for the cluster ids (`ari_clusters`: k-Shape may split one kinetic into early and late clusters) and
-  for the shape names given to clusters (`ari_shapes`), with the fraction of genes whose cluster's
-  shape is right (`shape_accuracy`), whose own curve's shape is right (`curve_shape_accuracy`), and
-  per true kinetic the share of its genes whose cluster carries its name (`transient_recall`, …).
+- adjusted Rand index between the genes' called kinetics and their true kinetics on the path's
+  lineage. A gene's kinetic is named by its own decoded curve (flat, up, down, transient):
+  `ari_curves`, the fraction right (`curve_shape_accuracy`) and per true kinetic the share of its
+  genes called so (`transient_recall`, …). k-Shape's clusters are scored beside: their ids
+  (`ari_clusters`: k-Shape may split one kinetic into early and late clusters), the shape names
+  given to clusters (`ari_shapes`) and the fraction of genes whose cluster's name is right
+  (`shape_accuracy`). k-Shape compares shapes up to a shift, so it can file a transient gene's
+  rising or falling edge with the up or down genes: its clusters group genes by shape and timing
+  for the driver lists, the curves name each gene's kinetic.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def pseudotime_spearman(path_latent: np.ndarray, cell_latent: np.ndarray, cell_p
 
 def kinetics_agreement(kinetics: GeneKinetics, true_kinetic: pd.Series) -> tuple[dict[str, float], pd.DataFrame]:
     """ARIs and shape accuracy against `true_kinetic` (gene → up/down/transient/flat), and the
-    confusion table (true kinetic × assigned shape) over the genes both know."""
+    confusion table (true kinetic × the kinetic called from the gene's own curve) over the genes both know."""
     table = kinetics.table.set_index("gene")
     genes = table.index.intersection(true_kinetic.index)
     if len(genes) == 0:
@@ -50,15 +54,16 @@ def kinetics_agreement(kinetics: GeneKinetics, true_kinetic: pd.Series) -> tuple
     truth = true_kinetic.loc[genes].astype(str)
     shapes, clusters, curves = table.loc[genes, "shape"], table.loc[genes, "cluster"], table.loc[genes, "gene_shape"]
     metrics = {
+        "ari_curves": float(adjusted_rand_score(truth, curves)),
+        "curve_shape_accuracy": float((truth == curves).mean()),
         "ari_clusters": float(adjusted_rand_score(truth, clusters)),
         "ari_shapes": float(adjusted_rand_score(truth, shapes)),
         "shape_accuracy": float((truth == shapes).mean()),
-        "curve_shape_accuracy": float((truth == curves).mean()),
         "genes_compared": int(len(genes)),
-        # Of the genes with each true kinetic, the share whose cluster carries that name.
-        **{f"{kind}_recall": float((shapes[truth == kind] == kind).mean()) for kind in SHAPES if (truth == kind).any()},
+        # Of the genes with each true kinetic, the share whose own curve is called so.
+        **{f"{kind}_recall": float((curves[truth == kind] == kind).mean()) for kind in SHAPES if (truth == kind).any()},
     }
-    confusion = pd.crosstab(truth.rename("true_kinetic"), shapes.rename("assigned_shape"))
+    confusion = pd.crosstab(truth.rename("true_kinetic"), curves.rename("called_kinetic"))
     return metrics, confusion.reset_index()
 
 
