@@ -23,6 +23,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
+from wbcvae.models.rna_vae import TARGET_SUM
+
 
 @dataclass
 class CellExpression:
@@ -56,7 +58,7 @@ class CellExpression:
             index = pd.Index(self.genes).get_indexer(list(genes))
             counts = counts[:, np.maximum(index, 0)]
         totals = self.totals[rows]
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
         values = np.log1p(counts.multiply(scale[:, None]).toarray()).astype(np.float32)
         values[~np.isfinite(totals)] = np.nan
         if genes is not None:
