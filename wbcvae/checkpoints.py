@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from wbcvae.errors import InputError, one_line
+
+T = TypeVar("T", bound=torch.nn.Module)
 
 if TYPE_CHECKING:
     from wbcvae.training.plan import VAEPlan
@@ -83,11 +86,22 @@ def load_plan(
     plans = {"image": ImageVAEPlan, "rna": RnaVAEPlan}
     checkpoint = read_checkpoint(ckpt, *([kind] if kind else plans), map_location=map_location)
     record = checkpoint["wbcvae"]
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    try:
-        plan = plans[record["kind"]](**hparams)
-        plan.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:  # written by a version whose models had other arguments or layers
-        raise InputError(f"{ckpt}: its weights do not fit this version's models ({one_line(err)[:240]})") from None
+    plan = rebuild(ckpt, lambda: plans[record["kind"]](**saved_hparams(checkpoint)), checkpoint["state_dict"])
     record = {**record, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     return plan.to(map_location), record
+
+
+def saved_hparams(checkpoint: dict) -> dict:
+    """The init arguments a Lightning checkpoint saved (private ones left out)."""
+    return {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+
+
+def rebuild(ckpt: str | os.PathLike, build: Callable[[], T], state_dict: dict, what: str = "models") -> T:
+    """`build()` a module and load `state_dict` into it. A checkpoint written by a version whose models
+    had other arguments or layers becomes one line naming `ckpt`."""
+    try:
+        module = build()
+        module.load_state_dict(state_dict)
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise InputError(f"{ckpt}: its weights do not fit this version's {what} ({one_line(err)[:240]})") from None
+    return module

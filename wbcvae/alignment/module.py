@@ -32,7 +32,7 @@ from wbcvae.alignment.loss import (
 )
 from wbcvae.alignment.metrics import alignment_metrics
 from wbcvae.checkpoints import ALIGNMENT_KEY as CHECKPOINT_KEY
-from wbcvae.checkpoints import read_checkpoint
+from wbcvae.checkpoints import read_checkpoint, rebuild
 from wbcvae.errors import InputError
 from wbcvae.models.losses import check_finite
 from wbcvae.training.callbacks import gather_rows
@@ -260,14 +260,12 @@ def load_alignment(ckpt: str | os.PathLike, map_location: str | torch.device = "
     record = checkpoint[CHECKPOINT_KEY]
     state = checkpoint["state_dict"]
     cells = RnaCells(state["rna_latent"], record["rna_cell_types"], record["rna_classes"])
-    module = JointAlignmentModule(
-        ImageVAEPlan(**record["image_plan"]), RnaVAEPlan(**record["rna_plan"]), cells, **checkpoint["hyper_parameters"]
-    )
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:  # written by a version of wbcvae whose models had other layers or buffers
-        first = " ".join(str(err).split())[:240]
-        raise InputError(f"{ckpt}: its weights do not fit this version's models ({first})") from err
+
+    def build() -> JointAlignmentModule:
+        image_plan, rna_plan = ImageVAEPlan(**record["image_plan"]), RnaVAEPlan(**record["rna_plan"])
+        return JointAlignmentModule(image_plan, rna_plan, cells, **checkpoint["hyper_parameters"])
+
+    module = rebuild(ckpt, build, state)
     saved = record.get("image_latents")
     if saved is not None:
         latent = saved["latent"].float().numpy()

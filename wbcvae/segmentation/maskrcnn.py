@@ -26,8 +26,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint
-from wbcvae.errors import InputError, one_line
+from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint, rebuild, saved_hparams
+from wbcvae.errors import InputError
 from wbcvae.segmentation.metrics import iou
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -278,11 +278,7 @@ def load_maskrcnn(path: str | os.PathLike) -> MaskRCNNModule:
     The weights file named at training time is not needed again: the checkpoint holds every tensor.
     """
     checkpoint = read_checkpoint(path, "maskrcnn")
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    try:
-        module = MaskRCNNModule(**{**hparams, "weights": None})
-        module.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:  # written by a version with other arguments or layers
-        raise InputError(f"{path}: its weights do not fit this version's Mask R-CNN ({one_line(err)[:240]})") from None
+    build = partial(MaskRCNNModule, **{**saved_hparams(checkpoint), "weights": None})
+    module = rebuild(path, build, checkpoint["state_dict"], "Mask R-CNN")
     module.init = checkpoint[MASKRCNN_KEY]
     return module.eval()
