@@ -55,7 +55,7 @@ from wbcvae.models.image_vae import cell_on_grey
 from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import rebuild_datamodule
-from wbcvae.training.metrics import knn_accuracy
+from wbcvae.training.metrics import knn_accuracy, reference_loader
 from wbcvae.training.plan import VAEPlan
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES, LINEAGES
@@ -265,8 +265,8 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_
     datamodule = rebuild_datamodule(record)
     datamodule.setup("fit")
     loader, held_out, test_source = held_out_loader(datamodule, test_store)
-    torch.manual_seed(0)  # the training loader shuffles: the same order every run, so the randomised PCA repeats
-    train = collect(plan, kind, datamodule.train_dataloader(), device, max_cells, keep_images=False)
+    # the training log's kNN reference (all training cells, or the same seeded draw of max_cells)
+    train = collect(plan, kind, reference_loader(datamodule.train_dataloader(), max_cells), device, max_cells, keep_images=False)
     test = collect(plan, kind, loader, device, max_cells, keep_images=True)
     labelled = test["label"][test["label"] >= 0]
     result = {

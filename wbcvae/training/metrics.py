@@ -55,6 +55,16 @@ def knn_accuracy(
     return float((_majority(reference_labels[neighbours]) == query_labels).mean())
 
 
+def reference_loader(train_loader: DataLoader, max_cells: int = REFERENCE_CELLS, seed: int = 0) -> DataLoader:
+    """The kNN reference cells in a loader of their own: every training cell, or a seeded draw of
+    `max_cells` (the same every epoch and in `bench/vae_quality.py`), in order, without workers."""
+    dataset = train_loader.dataset
+    rows = np.arange(len(dataset))
+    if len(rows) > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_cells, replace=False))
+    return DataLoader(Subset(dataset, rows.tolist()), batch_size=train_loader.batch_size or 64, collate_fn=train_loader.collate_fn)
+
+
 @torch.no_grad()
 def latent_reference(plan, train_loader: DataLoader, max_cells: int = REFERENCE_CELLS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """μ and labels of up to `max_cells` training cells (a seeded draw, the same every epoch), encoded by
@@ -63,11 +73,7 @@ def latent_reference(plan, train_loader: DataLoader, max_cells: int = REFERENCE_
     Reads `train_loader`'s dataset in a loader of its own (same batch size and collation, no workers,
     no shuffling), so the training run's sampler and random state are untouched.
     """
-    dataset = train_loader.dataset
-    rows = np.arange(len(dataset))
-    if len(rows) > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_cells, replace=False))
-    loader = DataLoader(Subset(dataset, rows.tolist()), batch_size=train_loader.batch_size or 64, collate_fn=train_loader.collate_fn)
+    loader = reference_loader(train_loader, max_cells, seed)
     was_training, device = plan.training, plan.device
     plan.eval()
     mu, labels = [], []
