@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from wbcvae.data.image_dataset import CropDataset, split_manifest
 from wbcvae.data.images import read_manifest
 from wbcvae.data.synthetic.world import write_world
-from wbcvae.segmentation.classical import METHODS, StainSegmenter, mask_box, optical_density
+from wbcvae.segmentation.classical import METHODS, StainSegmenter, optical_density
 from wbcvae.segmentation.maskrcnn import load_maskrcnn
-from wbcvae.segmentation.metrics import classical_scores, iou, mask_checks
+from wbcvae.segmentation.metrics import box_fill, classical_scores, mask_checks, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
 from wbcvae.segmentation.train import load_config, train_segmentation
 
@@ -59,17 +58,10 @@ def synthetic_scores(module, crops: CropDataset, segmenters: dict[str, StainSegm
     """Per held-out crop: IoU of each classical method, of the Mask R-CNN central mask, and of the stored mask."""
     rows = {name: classical_scores(crops, segmenter).add_prefix(f"{name}_") for name, segmenter in segmenters.items()}
     frame = pd.concat(rows.values(), axis=1)
-    learned, box_fill = [], []
-    with torch.inference_mode():
-        for batch in DataLoader(crops, batch_size=8):
-            images = list(batch["image"])
-            for mask, truth in zip(module.central_masks(module(images), images), batch["mask"]):
-                learned.append(iou(mask, truth[0]))
-                box = mask_box(mask.numpy())
-                box_fill.append(np.nan if box is None else float(mask.sum()) / ((box[2] - box[0]) * (box[3] - box[1])))
-    frame["maskrcnn_iou_cell"] = learned
-    frame["maskrcnn_box_fill"] = box_fill
-    frame["maskrcnn_detected"] = ~np.isnan(box_fill)
+    learned = maskrcnn_scores(module, crops)
+    frame["maskrcnn_iou_cell"] = learned["iou_cell"].to_numpy()
+    frame["maskrcnn_box_fill"] = learned["box_fill"].to_numpy()
+    frame["maskrcnn_detected"] = learned["detected"].to_numpy()
     found = frame["v2_iou_cell"].notna()  # the stored mask: classical v2 where it finds a nucleus, else the detection's
     frame["stored_iou_cell"] = np.where(found, frame["v2_iou_cell"], frame["maskrcnn_iou_cell"])
     frame["label"] = list(crops.frame["label"])
@@ -142,7 +134,7 @@ def main() -> None:
     print(markdown(summary))
     print(f"\nMask R-CNN detected {scores['maskrcnn_detected'].mean():.0%}; its masks fill "
           f"{scores['maskrcnn_box_fill'].mean():.2f} of their boxes (true masks: "
-          f"{np.mean([m.sum() / np.prod(np.diff(np.reshape(mask_box(m), (2, 2)), axis=0)) for m in (CropDataset(held_out, size)[i]['mask'][0].numpy() > 0.5 for i in range(len(held_out)))]):.2f})\n")
+          f"{np.mean([box_fill(CropDataset(held_out, size)[i]['mask'][0].numpy() > 0.5) for i in range(len(held_out))]):.2f})\n")
     print(markdown(per_class.rename_axis("class (cell IoU)")))
     results = {"synthetic": {"crops": len(scores), "input_size": size, "summary": summary.reset_index().to_dict("records"),
                              "per_class": per_class.reset_index().to_dict("records"),

@@ -17,7 +17,7 @@ from wbcvae.data.synthetic.world import write_world
 from wbcvae.errors import InputError
 from wbcvae.segmentation.classical import StainSegmenter, mask_box
 from wbcvae.segmentation.maskrcnn import MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
-from wbcvae.segmentation.metrics import classical_scores, iou, maskrcnn_scores
+from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
 from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
 from wbcvae.segmentation.train import load_config, train_segmentation
@@ -60,6 +60,15 @@ def test_iou_of_known_overlaps():
     assert iou(a, ~a) == 0.0
     assert iou(a, b) == pytest.approx(30 / 60)
     assert iou(np.zeros((4, 4)), torch.zeros(4, 4)) == 1.0  # nothing to find, nothing found
+
+
+def test_box_fill_tells_a_box_shaped_mask_from_a_round_cell():
+    square = np.zeros((40, 40), bool)
+    square[5:25, 10:30] = True
+    y, x = np.mgrid[:40, :40]
+    disc = (y - 20) ** 2 + (x - 20) ** 2 < 15**2
+    assert box_fill(square) == 1.0 and 0.75 < box_fill(disc) < 0.85  # π/4 ≈ 0.79, coarser on a pixel grid
+    assert np.isnan(box_fill(np.zeros((8, 8), bool)))
 
 
 def test_target_box_is_tight_around_the_mask():

@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from wbcvae.segmentation.classical import mask_box
+
 Mask = np.ndarray | torch.Tensor
 
 
@@ -69,9 +71,16 @@ def classical_scores(crops, segmenter=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def box_fill(mask: np.ndarray) -> float:
+    """The share of its bounding box a mask fills (a box-shaped mask: near 1; a round cell: about π/4);
+    NaN for an empty mask."""
+    box = mask_box(np.asarray(mask))
+    return float("nan") if box is None else float(np.asarray(mask).sum()) / ((box[2] - box[0]) * (box[3] - box[1]))
+
+
 def maskrcnn_scores(module, crops, batch_size: int = 8) -> pd.DataFrame:
     """Per crop of a `CropDataset` with true masks: IoU of the Mask R-CNN central cell mask (0 when
-    nothing was detected) and whether anything was."""
+    nothing was detected), whether anything was, and how much of its box the mask fills."""
     module.eval()
     rows = []
     loader = DataLoader(crops, batch_size=batch_size)
@@ -80,5 +89,5 @@ def maskrcnn_scores(module, crops, batch_size: int = 8) -> pd.DataFrame:
             images = list(batch["image"].to(module.device))
             predicted = module.central_masks(module(images), images)
             for index, mask, truth in zip(batch["index"], predicted, batch["mask"]):
-                rows.append({"index": int(index), "iou_cell": iou(mask, truth[0]), "detected": bool(mask.any())})
+                rows.append({"index": int(index), "iou_cell": iou(mask, truth[0]), "detected": bool(mask.any()), "box_fill": box_fill(mask.cpu().numpy())})
     return pd.DataFrame(rows)
