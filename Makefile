@@ -27,7 +27,7 @@ help:
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on one source, SOURCE=$(SHARED_DATA)/pbc_sample (segment, features, train)"
 	@echo "make pbc-train    - image β-VAE on the 3,000 pbc_train crops, tested on pbc_sample (about an hour on 2 CPU cores)"
-	@echo "make align-real   - align that PBC image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
+	@echo "make align-real   - align the pbc-train image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
 
@@ -129,7 +129,7 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 # Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
 align-real: setup
 	$(WBCVAE) align --config experiments/alignment/real_pbc_vangalen.yaml --no-wandb \
-	  --image-ckpt "$(call latest,runs/image_vae_pbc_sample)" \
+	  --image-ckpt "$(call latest,$(PBC_RUN)/image_vae)" --features $(PBC_RUN)/features/pbc_train \
 	  --rna-ckpt "$$(ls -t $(DEMO_DIR)/real_rna/*/version_*/checkpoints/best-*.ckpt | head -1)" $(ARGS)
 
 # The README's trajectory figures, from the demo's report folder.
