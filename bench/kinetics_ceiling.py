@@ -28,7 +28,7 @@ LINEAGES = ("granulocytic", "monocytic")
 def ceiling(world: str, steps: int = 100, quantiles: int = 10) -> pd.DataFrame:
     adata = read_rna(world)
     genes = list(adata.var_names)
-    expression = cell_expression(world, None, genes)
+    expression = cell_expression(adata, None, genes)
     rows = []
     for lineage in LINEAGES:
         cells = np.flatnonzero(adata.obs["lineage"].astype(str).to_numpy() == lineage)

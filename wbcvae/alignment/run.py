@@ -17,6 +17,7 @@ from typing import Any
 import anndata as ad
 import lightning as L
 import numpy as np
+import pandas as pd
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -155,11 +156,12 @@ def fit_alignment(config: AlignConfig, ckpt_path: str | os.PathLike | None = Non
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     module, rna = build_module(config, run_dir)
-    truth = _ground_truth(config, module, rna)
+    source = read_rna(config.rna)  # read once: the ground truth's genes and the real cells' counts
+    truth = _ground_truth(module, rna, source.var)
     settings = TrajectorySettings.from_mapping(config.trajectory)
     markers = sorted({gene for name in config.trajectories for gene in get_preset(name).expected_markers})
     # the real cells beside each decoded curve: its DPT-trend baseline and the yardstick of flat vs changed
-    expression = cell_expression(config.rna, rna.obs_names, [*module.gene_names, *markers])
+    expression = cell_expression(source, rna.obs_names, [*module.gene_names, *markers])
     trajectories = TrajectoryCallback(config.trajectories, settings, truth, run_dir / "trajectories", expression)
     # the latest epoch as last.ckpt after every epoch, so that a killed run resumes from it (Lightning 2.6
     # writes a `save_last` checkpoint only in a step that saved another one: with save_top_k=0, at the end)
@@ -202,11 +204,11 @@ def _shared_version(config: AlignConfig) -> int:
     return int(os.environ[RUN_VERSION_ENV])
 
 
-def _ground_truth(config: AlignConfig, module: JointAlignmentModule, rna: ad.AnnData) -> GroundTruth | None:
+def _ground_truth(module: JointAlignmentModule, rna: ad.AnnData, genes: pd.DataFrame) -> GroundTruth | None:
     """The synthetic world's truth (cells' lineage and pseudotime, genes' kinetics), else None."""
     if "pseudotime" not in rna.obs:
         return None
-    return GroundTruth.from_anndata(module.rna_latent.cpu().numpy(), rna.obs, read_rna(config.rna).var)
+    return GroundTruth.from_anndata(module.rna_latent.cpu().numpy(), rna.obs, genes)
 
 
 def _alignment_outputs(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from wbcvae.models.rna_vae import TARGET_SUM
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 
 @dataclass
@@ -66,8 +70,9 @@ class CellExpression:
         return values
 
 
-def cell_expression(source: str | os.PathLike, cell_names: Sequence[str] | None, genes: Sequence[str]) -> CellExpression:
-    """The counts of `genes` (those the source has) for the cells `cell_names` of an RNA source, rows in
+def cell_expression(source: str | os.PathLike | ad.AnnData, cell_names: Sequence[str] | None, genes: Sequence[str]) -> CellExpression:
+    """The counts of `genes` (those the source has) for the cells `cell_names` of an RNA source (or one
+    already read), rows in
     that order (None: every cell, in the source's order); a name the source lacks becomes a row without RNA."""
     from wbcvae.data.rna import read_rna
 
