@@ -121,12 +121,14 @@ class RnaPreprocessor:
         self._forget()
         self.markers_absent = [g for g in self.markers if g not in adata.var_names]
         self.atlas_method = self._atlas_method(adata)
-        self.genes = self._choose_genes(adata, rows)
+        lazy = isinstance(adata.X, ad.abc.CSRDataset)
+        counts = None if lazy else read_count_rows(adata, rows)  # in memory: read once, for both steps below
+        self.genes = self._choose_genes(adata, rows, counts)
         columns = adata.var_names.get_indexer(self.genes)
-        if isinstance(adata.X, ad.abc.CSRDataset):
+        if lazy:
             self._fit_streamed(adata, rows, columns)
         else:
-            self._fit_in_memory(adata, rows, columns)
+            self._fit_in_memory(counts, columns)
         if self.atlas_method == "obsm":
             self._fit_embedding_projection(adata, rows)
         elif self.atlas_method == "scvi":
@@ -137,14 +139,15 @@ class RnaPreprocessor:
         """Gene ranges (and the PCA atlas, from the covariance) in one pass over chunks of a lazy AnnData."""
         stats = _LogStats(len(self.genes), with_moments=self.atlas_method == "pca")
         for block in self._blocks(adata, rows, "RNA preprocessing: gene ranges"):
-            stats.add(np.log1p(self._normalise(block)[:, columns].toarray()))
+            stats.add(np.log1p(self._normalise(block, columns).toarray()))
         self.gene_min, self.gene_max = stats.low, stats.high
         if self.atlas_method == "pca":
             self._set_pca(*stats.mean_cov(), shift=self.gene_min, span=self.gene_span)
 
-    def _fit_in_memory(self, adata: ad.AnnData, rows: np.ndarray, columns: np.ndarray) -> None:
-        """Gene ranges (and the PCA atlas, by Lanczos iteration) from the kept genes' log values, held once, sparse."""
-        log_expression = self._normalise(read_count_rows(adata, rows))[:, columns].tocsr()
+    def _fit_in_memory(self, counts: sp.csr_matrix, columns: np.ndarray) -> None:
+        """Gene ranges (and the PCA atlas, by Lanczos iteration) from the kept genes' log values of the training
+        cells' `counts` (all genes), held once, sparse."""
+        log_expression = self._normalise(counts, columns)
         log_expression.data = np.log1p(log_expression.data, dtype=np.float64)
         self.gene_min = log_expression.min(axis=0).toarray().ravel().astype(np.float64)
         self.gene_max = log_expression.max(axis=0).toarray().ravel().astype(np.float64)
@@ -168,8 +171,11 @@ class RnaPreprocessor:
             raise InputError(f"{_where(adata)}: obsm[{self.atlas_key!r}] is {width}-d, narrower than the {self.latent_dim}-d latent space")
         return method
 
-    def _choose_genes(self, adata: ad.AnnData, rows: np.ndarray) -> list[str]:
-        """The markers present, then the most variable genes (seurat_v3) until `n_top_genes`; in the data's gene order."""
+    def _choose_genes(self, adata: ad.AnnData, rows: np.ndarray, counts: sp.csr_matrix | None = None) -> list[str]:
+        """The markers present, then the most variable genes (seurat_v3) until `n_top_genes`; in the data's gene order.
+
+        `counts`: the cells at `rows`, already read (in-memory data); a lazy AnnData is streamed instead.
+        """
         if adata.n_vars <= self.n_top_genes:
             return list(map(str, adata.var_names))
         batches = self._batches(adata, rows)
@@ -177,7 +183,7 @@ class RnaPreprocessor:
             blocks = lambda: self._blocks(adata, rows, "RNA preprocessing: highly variable genes")  # noqa: E731
             rank = lambda span: streamed_seurat_v3(blocks, batches, adata.n_vars, self.n_top_genes, span)  # noqa: E731
         else:
-            counts = read_count_rows(adata, rows)
+            counts = read_count_rows(adata, rows) if counts is None else counts
             rank = lambda span: scanpy_seurat_v3(counts, batches, self.n_top_genes, span)  # noqa: E731
         for span in LOESS_SPANS:
             try:
@@ -300,9 +306,11 @@ class RnaPreprocessor:
         library = np.asarray(library, dtype=np.float64)
         return np.divide(self.target_sum, library, out=np.zeros_like(library), where=library > 0)
 
-    def _normalise(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        """Each cell scaled to `target_sum` counts over all its genes (empty cells stay zero)."""
-        return sp.csr_matrix(sp.diags(self._scale(np.asarray(counts.sum(axis=1)).ravel())) @ counts)
+    def _normalise(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+        """The `columns` (kept genes) of `counts`, each cell scaled to `target_sum` counts over *all* its genes
+        (empty cells stay zero); float64 CSR."""
+        library = np.asarray(counts.sum(axis=1)).ravel()
+        return sp.csr_matrix(sp.diags(self._scale(library)) @ counts[:, columns], dtype=np.float64)
 
     def _blocks(self, adata: ad.AnnData, rows: np.ndarray, what: str) -> Iterator[sp.csr_matrix]:
         starts = range(0, len(rows), self.chunk_size)

@@ -74,7 +74,7 @@ def cell_expression(source: str | os.PathLike | ad.AnnData, cell_names: Sequence
     """The counts of `genes` (those the source has) for the cells `cell_names` of an RNA source (or one
     already read), rows in
     that order (None: every cell, in the source's order); a name the source lacks becomes a row without RNA."""
-    from wbcvae.data.rna import read_rna
+    from wbcvae.data.rna import read_count_rows, read_rna
 
     adata = read_rna(source)
     cell_names = adata.obs_names if cell_names is None else cell_names
@@ -84,9 +84,9 @@ def cell_expression(source: str | os.PathLike | ad.AnnData, cell_names: Sequence
     counts = sp.csr_matrix((len(rows), len(kept)), dtype=np.float32)
     totals = np.full(len(rows), np.nan)
     if found.any():
-        matrix = adata.X[rows[found]]
+        matrix = read_count_rows(adata, rows[found])  # every gene, for the totals; then only the kept ones
         totals[found] = np.asarray(matrix.sum(1)).ravel()
-        chosen = sp.csr_matrix(adata[rows[found]][:, kept].X, dtype=np.float32)
+        chosen = matrix[:, adata.var_names.get_indexer(kept)]
         place = sp.csr_matrix((np.ones(found.sum(), np.float32), (np.flatnonzero(found), np.arange(found.sum()))), shape=(len(rows), found.sum()))
         counts = (place @ chosen).tocsr()
     return CellExpression(counts, totals, kept)
