@@ -70,7 +70,7 @@ def evaluate(plan: ImageVAEPlan, data: FeatureDataModule) -> tuple[dict[str, flo
     for split, loader in (("train", data.train_dataloader()), ("test", held_out)):
         for batch in loader:
             batch = {name: value.to(plan.device) for name, value in batch.items()}
-            outputs = plan.vae(batch["features"])
+            outputs = plan.vae(batch["features"], **plan.encoder_inputs(batch))
             mu[split].append(outputs["mu"].cpu())
             labels[split].append(batch["label"].cpu())
             if split == "test":

@@ -12,7 +12,8 @@ Protocol (one for every number):
   on the training cells and applied to the held-out ones: RNA expression; for images the RoI features
   (standardised per channel with the model's training statistics, as the encoder sees them) and the masked
   pixels m·I; and both image codes side by side (each scaled to unit total variance): do the crop's own pixels
-  add morphology that h lacks?
+  add morphology that h lacks? And, as it is, the crop's colour profile (`colour_profile`, 16 bins: the cell's
+  histogram per colour channel and its share of the crop), what an encoder with `colour_bins` reads beside h.
 - *kNN(5) accuracy*: each held-out cell's class voted by its 5 nearest training cells; chance: always
   answering the most frequent held-out class.
 - *Stage order*: the granulocytic stages of `LINEAGES` from promyelocyte to segmented neutrophil
@@ -52,6 +53,7 @@ from torch.utils.data import DataLoader
 from wbcvae.checkpoints import load_plan
 from wbcvae.errors import InputError
 from wbcvae.models.image_vae import cell_on_grey
+from wbcvae.models.losses import colour_profile
 from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import rebuild_datamodule
@@ -61,6 +63,7 @@ from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES, LINEAGES
 
 PCA_DIM = 50
+BASELINE_COLOUR_BINS = 16  # the colour-profile baseline: 16 intensity bins per channel
 GRANULOCYTIC = LINEAGES["granulocytic"].stages
 STAGES = GRANULOCYTIC[GRANULOCYTIC.index("promyelocyte") :]  # PMY < MY < MMY < BNE < SNE
 SLIDE = 1.0  # background the segmenter and SSIM see around a cell: bright, like the slide between cells
@@ -92,6 +95,7 @@ class Split:
                 self.parts[f"{term}/recon"].append((mask * scale(outputs[output_key].float())).flatten(1).cpu().numpy())
         if "mask" in batch:
             self.parts["mask"].append(batch["mask"].cpu().numpy().astype(np.float32))
+            self.parts["colour"].append(colour_profile(batch["target"].float(), batch["mask"].float(), BASELINE_COLOUR_BINS).cpu().numpy())
         if self.keep_images and "image_hat" in outputs:
             shown = outputs["mask_logits"].sigmoid() if "mask_logits" in outputs else batch["mask"]
             for name, value in (("target", batch["target"]), ("image_hat", outputs["image_hat"]), ("shown_mask", shown)):
@@ -296,6 +300,7 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_
         codes["pca50_features+image"] = tuple(
             np.hstack([joint_part(features[0], features[i]), joint_part(image[0], image[i])]) for i in (0, 1)
         )
+        codes["colour_profile"] = (train["colour"], test["colour"])
     result["knn5_accuracy"] = {name: knn_accuracy(a, train["label"], b, test["label"], k=5) for name, (a, b) in codes.items()}
     result["stage_spearman"] = {name: stage_spearman(a, train["label"], b, test["label"]) for name, (a, b) in codes.items()}
     if "image_hat" in test:
@@ -323,9 +328,10 @@ def pipeline_checkpoints(folder: Path) -> list[Path]:
     return found
 
 
-COLUMNS = ("model", "pca50_features", "pca50_image", "pca50_features+image", "pca50_expression", "training_mean")
+COLUMNS = ("model", "pca50_features", "pca50_image", "pca50_features+image", "colour_profile", "pca50_expression", "training_mean")
 HEADERS = {"model": "β-VAE", "pca50_features": "PCA-50 RoI features", "pca50_image": "PCA-50 masked pixels",
-           "pca50_features+image": "both PCA-50 side by side", "pca50_expression": "PCA-50 expression", "training_mean": "training mean"}  # fmt: skip
+           "pca50_features+image": "both PCA-50 side by side", "colour_profile": "colour profile", "pca50_expression": "PCA-50 expression",
+           "training_mean": "training mean"}  # fmt: skip
 
 
 def markdown(result: dict) -> str:

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from wbcvae.errors import InputError
 from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
-from wbcvae.models.losses import masked_gradient_l1, masked_ssim
+from wbcvae.models.losses import colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
 from wbcvae.training.image_plan import ImageVAEPlan
 
 TINY = dict(in_channels=8, feature_size=4, image_size=32, latent_dim=4, hidden_channels=8)
@@ -89,16 +89,16 @@ def test_masked_ssim_is_one_for_identical_cells_and_ignores_pixels_outside_the_m
 
 
 def test_every_loss_term_is_finite_and_weighted_from_the_config():
-    plan = ImageVAEPlan(**TINY, image_channels=16, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5)
+    plan = ImageVAEPlan(**TINY, image_channels=16, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0)
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
-        "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss"
+        "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd"
     }
     assert all(torch.isfinite(value) for value in terms.values())
     expected = (
         terms["features_mse"] + 100 * terms["image_mse"] + plan.beta() * terms["kl"]
         + 2 * terms["image_ssim_loss"] + 3 * terms["image_gradient_l1"]
-        + 0.5 * (terms["mask_bce"] + terms["mask_dice_loss"])
+        + 0.5 * (terms["mask_bce"] + terms["mask_dice_loss"]) + 4 * terms["image_colour_emd"]
     )
     assert torch.allclose(loss, expected)
     assert outputs["mask_logits"].shape == (6, 1, 32, 32)
@@ -156,3 +156,52 @@ def test_the_study_config_restores_the_study_decoder_and_loss():
     plan = ImageVAEPlan(**{**model, **TINY})
     assert plan.hparams.image_decoder == "study"
     assert plan.hparams.ssim_weight == plan.hparams.gradient_weight == 0
+
+
+def test_colour_histogram_bins_a_cells_colours_and_ignores_the_background():
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, 0] = 0.9  # red channel: 0.9 in the cell …
+    image[..., :2, :] = 0.1  # … and 0.1 outside it (the mask below leaves out the top two rows)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:, :] = 1
+    histogram = colour_histogram(image, mask, bins=5)
+    assert histogram.shape == (1, 3, 5)
+    torch.testing.assert_close(histogram.sum(-1), torch.ones(1, 3))
+    assert histogram[0, 0].argmax() == 4 and histogram[0, 0, 0] == 0  # 0.9 → the top bin; the 0.1 outside is not counted
+    profile = colour_profile(image, mask, bins=5)
+    assert profile.shape == (1, 16) and profile[0, -1] == pytest.approx(0.75)  # the cell's share of the crop
+
+
+def test_colour_distance_is_zero_for_the_same_colours_and_takes_a_colour_cast_away():
+    batch = crops(4)
+    image, mask = batch["target"], batch["mask"]
+    assert colour_distance(image, image, mask, bins=16) == 0
+    cast = (0.5 * image + 0.3).requires_grad_()  # paler, less contrast: what MSE's blur looks like
+    optimiser = torch.optim.Adam([cast], lr=0.01)
+    first = colour_distance(cast, image, mask, bins=16).item()
+    for _ in range(40):
+        loss = colour_distance(cast, image, mask, bins=16)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert torch.isfinite(cast.grad).all() and loss.item() < 0.3 * first
+
+
+def test_an_encoder_that_reads_colours_needs_them_and_its_plan_learns_with_them():
+    torch.manual_seed(0)
+    batch = crops(6)
+    plan = ImageVAEPlan(**TINY, image_channels=16, colour_bins=8, colour_weight=1.0)
+    assert plan.vae.to_mu.in_features == 4 * 2 * 2 + 3 * 8 + 1  # h's code (bottleneck 4 × 2 × 2) and the colour profile
+    with pytest.raises(InputError, match="colour profile"):
+        plan.vae.encode(batch["features"])
+    assert plan.encode(batch).shape == (6, 4)
+    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
+    history = []
+    for _ in range(60):
+        loss, terms, _ = plan.total_loss(batch)
+        history.append({"loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"] and history[-1]["image_colour_emd"] < history[0]["image_colour_emd"]

@@ -80,12 +80,14 @@ def test_quality_on_a_store_of_another_source_has_every_measure_with_baselines(t
     result = quality.evaluate(ckpt, "cpu", figure, max_cells=1000, test_store=test_store, pixel_cells=12)
     assert result["held_out"] == str(test_store) and result["held_out_cells"] == 20 and result["classes_in_test"] == 4
     assert result["train_cells"] == 40 and result["pixel_cells"] == 12 and result["stage_cells"] == 15
-    representations = {"latent", "pca50_features", "pca50_image", "pca50_features+image"}
+    representations = {"latent", "pca50_features", "pca50_image", "pca50_features+image", "colour_profile"}
     assert set(result["knn5_accuracy"]) == set(result["stage_spearman"]) == representations
     assert all(0 <= v <= 1 for v in result["knn5_accuracy"].values())
     assert all(-1 <= v <= 1 for v in result["stage_spearman"].values())
     # The pixels carry the class (nucleus size) and its stage order: their PCA-50 finds both.
     assert result["knn5_accuracy"]["pca50_image"] == 1.0 and result["stage_spearman"]["pca50_image"] > 0.8
+    # So do its colours: a larger nucleus is a larger share of dark pixels.
+    assert result["knn5_accuracy"]["colour_profile"] == 1.0 and result["stage_spearman"]["colour_profile"] > 0.8
     for key in ("nucleus_iou", "masked_ssim"):
         assert set(result[key]) == {"model", "pca50_image", "training_mean"}
         assert all(0 <= v <= 1 for v in result[key].values())

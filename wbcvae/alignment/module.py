@@ -227,7 +227,7 @@ class JointAlignmentModule(L.LightningModule):
         self.eval()
         mus, labels = [], []
         for batch in loader:
-            mus.append(self.image_plan.vae.encode(batch["features"].to(self.device))[0].float().cpu())
+            mus.append(self.image_plan.encode(batch).float().cpu())
             labels.append(batch["label"])
         self.train(was_training)
         mu = torch.cat(mus).numpy() if mus else np.zeros((0, self.rna_latent.shape[1]), np.float32)

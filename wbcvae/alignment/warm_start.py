@@ -67,7 +67,7 @@ def image_class_means(module, loader) -> tuple[Tensor, Tensor]:
     module.eval()
     total = None
     for batch in loader:
-        mu = module.image_plan.vae.encode(batch["features"].to(module.device))[0].float()
+        mu = module.image_plan.encode(batch).float()
         groups = module.correspondence.image_groups(batch["label"].to(module.device))
         moments = class_moments(mu, groups, len(module.correspondence))
         total = moments if total is None else total + moments

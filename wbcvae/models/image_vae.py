@@ -126,6 +126,7 @@ class ImageVAE(nn.Module):
         hidden_channels: int = 128,
         image_decoder: str = "study",
         image_channels: int = 64,
+        colour_bins: int = 0,
     ) -> None:
         super().__init__()
         if feature_size % 2:
@@ -152,8 +153,14 @@ class ImageVAE(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.to_mu = nn.Linear(flat, latent_dim)
-        self.to_logvar = nn.Linear(flat, latent_dim)
+        # The crop's colour profile (`colour_profile`: histograms + the cell's share), standardised, joins h's
+        # code here when `colour_bins` > 0; 0 is the study's encoder, which reads h alone.
+        self.colour_bins = colour_bins
+        self.colour_dim = 3 * colour_bins + 1 if colour_bins else 0
+        self.register_buffer("colour_mean", torch.zeros(self.colour_dim))
+        self.register_buffer("colour_std", torch.ones(self.colour_dim))
+        self.to_mu = nn.Linear(flat + self.colour_dim, latent_dim)
+        self.to_logvar = nn.Linear(flat + self.colour_dim, latent_dim)
 
         self.from_latent = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU())
         self.feature_decoder = nn.Sequential(
@@ -179,9 +186,19 @@ class ImageVAE(nn.Module):
         """Features in the units the network works in: per channel, zero mean and unit variance."""
         return (h - self.feature_mean) / self.feature_std
 
-    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ and log σ² of q(z | h) for a batch of feature maps B×C×F×F."""
+    def set_colour_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Mean and standard deviation of each entry of the training cells' colour profiles."""
+        self.colour_mean.copy_(mean)
+        self.colour_std.copy_(std.clamp_min(1e-6))
+
+    def encode(self, h: torch.Tensor, colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and log σ² of q(z | h) for a batch of feature maps B×C×F×F, and of the crops' colour profiles
+        (B×colour_dim, `colour_profile`) when the model reads them."""
         hidden = self.encoder(self.standardise(h))
+        if self.colour_dim:
+            if colour is None:
+                raise InputError(f"this image β-VAE reads each crop's colour profile ({self.colour_bins} bins) beside h; none was given")
+            hidden = torch.cat([hidden, (colour - self.colour_mean) / self.colour_std], 1)
         return self.to_mu(hidden), self.to_logvar(hidden)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,9 +214,9 @@ class ImageVAE(nn.Module):
         _, image_hat, mask_logits = self.decode(z)
         return cell_on_grey(image_hat, mask_logits.sigmoid())
 
-    def forward(self, h: torch.Tensor, sample: bool | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, h: torch.Tensor, sample: bool | None = None, colour: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encode, draw z (only while training unless `sample` says otherwise; else z = μ), decode."""
-        mu, logvar = self.encode(h)
+        mu, logvar = self.encode(h, colour)
         z = reparameterise(mu, logvar) if (self.training if sample is None else sample) else mu
         h_hat, image_hat, mask_logits = self.decode(z)
         return {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat, "mask_logits": mask_logits}

@@ -1,5 +1,6 @@
 """The pieces of the β-VAE objectives: reparameterisation, the KL term, its warm-up, the NaN guard, and the
-image terms that keep structure (masked SSIM, masked image gradients) and the soft Dice of a predicted mask."""
+image terms that keep structure (masked SSIM, masked image gradients, the distance between colour histograms), the
+colour profile the image encoder reads beside h, and the soft Dice of a predicted mask."""
 
 from __future__ import annotations
 
@@ -89,3 +90,35 @@ def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.flatten(1)
     dice = (2 * (p * m).sum(1) + 1) / (p.sum(1) + m.sum(1) + 1)
     return (1 - dice).mean()
+
+
+COLOUR_SIZE = 64  # crops are averaged down to this size before their colours are binned: a quarter of the memory, the same colours
+
+
+def colour_histogram(image: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per channel, the share of the cell's pixels in each of `bins` intensity bins (B×3×bins, rows sum
+    to 1; an empty mask gives zeros): the colours of the cytoplasm, nucleus and granules, wherever they
+    lie. Soft (each value shares itself between its two nearest bin centres), so it is differentiable in
+    `image`. Image (B×3×S×S in [0, 1]) and mask (B×1×S×S) are first averaged to COLOUR_SIZE pixels."""
+    if image.shape[-1] > COLOUR_SIZE:
+        image, mask = F.adaptive_avg_pool2d(image, COLOUR_SIZE), F.adaptive_avg_pool2d(mask, COLOUR_SIZE)
+    centres = (torch.arange(bins, device=image.device, dtype=image.dtype) + 0.5) / bins
+    values = image.flatten(2).clamp(centres[0], centres[-1])  # B×3×P, inside the outer centres: weights sum to 1
+    weights = (1 - (values[..., None] - centres).abs() * bins).clamp_min(0)  # B×3×P×bins
+    cell = mask.flatten(2)[..., None]  # B×1×P×1
+    return (weights * cell).sum(2) / cell.sum(2).clamp_min(1e-6)
+
+
+def colour_profile(image: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    """What the image encoder reads beside h: the cell's colour histogram (`colour_histogram`, flattened)
+    and its share of the crop, B×(3·bins + 1). No Mask R-CNN feature carries these as plainly: on the
+    held-out PBC crops, a kNN on this profile alone names the class far more often than one on PCA-50 of h."""
+    return torch.cat([colour_histogram(image, mask, bins).flatten(1), mask.flatten(1).mean(1, keepdim=True)], 1)
+
+
+def colour_distance(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    """Earth mover's distance between the colours of `image` and `target` inside `mask`, per channel (the
+    L1 distance of their cumulative histograms, in units of the intensity range), averaged. Pixel MSE
+    forgives a decoder that paints every cell its average colour; this does not."""
+    cumulative = [colour_histogram(x, mask, bins).cumsum(-1) for x in (image, target)]
+    return (cumulative[0] - cumulative[1]).abs().sum(-1).mean() / bins

@@ -89,16 +89,16 @@ def embed(
 
 
 @torch.no_grad()
-def _encode(plan: VAEPlan, batches: Iterator[torch.Tensor], device: str, total: int) -> np.ndarray:
+def _encode(plan: VAEPlan, batches: Iterator[dict[str, torch.Tensor]], device: str, total: int) -> np.ndarray:
     """μ of every batch, on `device`, concatenated (float32 cells × latent)."""
     plan.to(device)
-    parts = [plan.vae.encode(batch.to(device))[0].float().cpu() for batch in tqdm(batches, "embedding", total=total, unit="batch")]
+    parts = [plan.encode(batch).float().cpu() for batch in tqdm(batches, "embedding", total=total, unit="batch")]
     return torch.cat(parts).numpy() if parts else np.zeros((0, plan.hparams.latent_dim), np.float32)
 
 
 def _rna_batches(
     plan: VAEPlan, record: dict, source: str | os.PathLike, batch_size: int, preprocessor: str | os.PathLike | None
-) -> tuple[Iterator[torch.Tensor], pd.DataFrame, dict]:
+) -> tuple[Iterator[dict[str, torch.Tensor]], pd.DataFrame, dict]:
     from wbcvae.data.rna import read_rna
     from wbcvae.data.rna_datamodule import RnaDataset
 
@@ -114,7 +114,7 @@ def _rna_batches(
     adata = read_rna(source, cell_type_key=trained.get("cell_type_key"), unknown="skip", **selection)
     dataset = RnaDataset(adata, fitted)
     starts = range(0, adata.n_obs, batch_size)
-    batches = (dataset[list(range(s, min(s + batch_size, adata.n_obs)))]["x"] for s in starts)
+    batches = (dataset[list(range(s, min(s + batch_size, adata.n_obs)))] for s in starts)
     info = {k: v for k, v in adata.uns.get("wbcvae", {}).items() if k != "skipped"}
     return batches, adata.obs.copy(), {"reader": info, "genes": len(fitted.genes)}
 
@@ -138,7 +138,7 @@ def _rna_preprocessor(record: dict, override: str | os.PathLike | None):
 
 def _image_batches(
     plan: VAEPlan, source: str | os.PathLike, batch_size: int
-) -> tuple[Iterator[torch.Tensor], pd.DataFrame, dict]:
+) -> tuple[Iterator[dict[str, torch.Tensor]], pd.DataFrame, dict]:
     from wbcvae.features.datamodule import FeatureDataset
     from wbcvae.features.store import FeatureStore
     from wbcvae.vocabulary import CLASSES
@@ -155,7 +155,7 @@ def _image_batches(
     obs = store.table().iloc[rows].drop(columns="done")
     obs["label"] = pd.Categorical(obs["label"], categories=list(CLASSES))
     obs.index = pd.Index(obs["row"].astype(str).to_numpy(), name=None)
-    return (batch["features"] for batch in loader), obs, {"reader": "feature store", "store": store.provenance}
+    return iter(loader), obs, {"reader": "feature store", "store": store.provenance}
 
 
 def _sha256(path: Path) -> str:

@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn import functional as F
 
 from wbcvae.models.image_vae import ImageVAE
-from wbcvae.models.losses import kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
+from wbcvae.models.losses import colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
 from wbcvae.training.plan import Batch, Outputs, VAEPlan
 
 
@@ -42,12 +42,14 @@ class ImageVAEPlan(VAEPlan):
         hidden_channels: int = 128,
         image_decoder: str = "study",
         image_channels: int = 64,
+        colour_bins: int = 0,
         alpha: float = 1.0,
         gamma: float = 100.0,
         beta: float = 1e-3,
         ssim_weight: float = 0.0,
         gradient_weight: float = 0.0,
         mask_weight: float = 1.0,
+        colour_weight: float = 0.0,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -55,7 +57,7 @@ class ImageVAEPlan(VAEPlan):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels)
+        self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels, colour_bins)
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
     def on_fit_start(self) -> None:
@@ -65,8 +67,8 @@ class ImageVAEPlan(VAEPlan):
 
     @torch.no_grad()
     def fit_feature_statistics(self) -> None:
-        """Per-channel mean and std of the training features and each pixel's share of cells (the mask
-        head's prior), from up to `statistics_batches` batches (summed over DDP ranks, so every rank
+        """Per-channel mean and std of the training features, each pixel's share of cells (the mask
+        head's prior) and, when the model reads them, the mean and std of the colour profiles; from up to `statistics_batches` batches (summed over DDP ranks, so every rank
         starts alike)."""
         if self.trainer.datamodule is None:
             rank_zero_warn("no DataModule to fit feature statistics on: features are used unstandardised")
@@ -76,7 +78,11 @@ class ImageVAEPlan(VAEPlan):
         sums = torch.zeros(3, channels, dtype=torch.float64, device=self.device)  # count, Σh, Σh²
         size = self.hparams.image_size
         mask_sums = torch.zeros(1 + size * size, dtype=torch.float64, device=self.device)  # cells, Σm per pixel
+        colour_sums = torch.zeros(3, self.vae.colour_dim, dtype=torch.float64, device=self.device)  # count, Σc, Σc²
         for _, batch in zip(range(self.hparams.statistics_batches), loader):
+            if self.vae.colour_dim:
+                colour = self.encoder_inputs(batch)["colour"].double()
+                colour_sums += torch.stack([torch.full_like(colour[0], len(colour)), colour.sum(0), colour.pow(2).sum(0)])
             h = batch["features"].to(self.device, torch.float64).transpose(0, 1).flatten(1)  # C × (B·F·F)
             sums += torch.stack([torch.full_like(h[:, 0], h.shape[1]), h.sum(1), h.pow(2).sum(1)])
             mask = batch["mask"].to(self.device, torch.float64)
@@ -88,10 +94,20 @@ class ImageVAEPlan(VAEPlan):
         mean = total / count
         std = (squares / count - mean.pow(2)).clamp_min(0).sqrt()
         self.vae.set_feature_statistics(mean.float(), std.float())
+        if self.vae.colour_dim:
+            count, total, squares = self.trainer.strategy.reduce(colour_sums, reduce_op="sum")
+            mean = total / count
+            self.vae.set_colour_statistics(mean.float(), (squares / count - mean.pow(2)).clamp_min(0).sqrt().float())
         self.statistics_cells.fill_(int(count[0]) // (self.hparams.feature_size**2))
 
+    def encoder_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The crops' colour profiles, when the model reads them beside h."""
+        if not self.vae.colour_dim:
+            return {}
+        return {"colour": colour_profile(batch["target"].to(self.device), batch["mask"].to(self.device), self.vae.colour_bins)}
+
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
-        outputs = self.vae(batch[self.input_key])
+        outputs = self.vae(batch[self.input_key], **self.encoder_inputs(batch))
         image_hat, target, mask = outputs["image_hat"], batch["target"], batch["mask"]
         terms = {
             "features_mse": F.mse_loss(self.vae.standardise(outputs["h_hat"]), self.vae.standardise(batch["features"])),
@@ -101,6 +117,7 @@ class ImageVAEPlan(VAEPlan):
             "image_gradient_l1": masked_gradient_l1(image_hat, target, mask),
             "mask_bce": F.binary_cross_entropy_with_logits(outputs["mask_logits"], mask),
             "mask_dice_loss": soft_dice_loss(outputs["mask_logits"], mask),
+            "image_colour_emd": colour_distance(image_hat, target, mask, self.hparams.colour_bins or 16),
         }
         hp = self.hparams
         weights = {
@@ -111,5 +128,6 @@ class ImageVAEPlan(VAEPlan):
             "image_gradient_l1": hp.gradient_weight,
             "mask_bce": hp.mask_weight,
             "mask_dice_loss": hp.mask_weight,
+            "image_colour_emd": hp.colour_weight,
         }
         return terms, weights, outputs

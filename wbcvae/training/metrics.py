@@ -74,11 +74,11 @@ def latent_reference(plan, train_loader: DataLoader, max_cells: int = REFERENCE_
     no shuffling), so the training run's sampler and random state are untouched.
     """
     loader = reference_loader(train_loader, max_cells, seed)
-    was_training, device = plan.training, plan.device
+    was_training = plan.training
     plan.eval()
     mu, labels = [], []
     for batch in loader:
-        mu.append(plan.vae.encode(batch[plan.input_key].to(device))[0].float().cpu())
+        mu.append(plan.encode(batch).float().cpu())
         labels.append(batch["label"].cpu())
     plan.train(was_training)
     if not mu:

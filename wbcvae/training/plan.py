@@ -32,6 +32,15 @@ class VAEPlan(L.LightningModule):
         """(unweighted terms, their weights at this step, the VAE's outputs). No logging, no checks."""
         raise NotImplementedError
 
+    def encoder_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The keyword arguments of `self.vae.encode` (beside the batch's `input_key` entry), on this plan's device."""
+        return {}
+
+    @torch.no_grad()
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """μ of a batch (any device): the one way embedding, kNN references and alignment read the encoder."""
+        return self.vae.encode(batch[self.input_key].to(self.device), **self.encoder_inputs(batch))[0]
+
     def total_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], Outputs]:
         """Σ weight·term, the terms, and the outputs: the whole objective, usable outside Lightning."""
         terms, weights, outputs = self.losses(batch)
@@ -71,7 +80,7 @@ class VAEPlan(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """μ of each cell, with its row in the source (`… predict` subcommand; `wbcvae embed` writes AnnData)."""
-        return {"mu": self.vae.encode(batch[self.input_key])[0], "index": batch["index"]}
+        return {"mu": self.encode(batch), "index": batch["index"]}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
