@@ -59,14 +59,14 @@ demo: setup
 	 else echo "skipping van Galen summary: $(SHARED_DATA)/vangalen2019 not found"; fi
 	$(WBCVAE) pipeline --config experiments/pipeline/demo.yaml --out $(DEMO_DIR) $(ARGS)
 
-# The demo's pipeline on a world with 10,000 RNA cells (the demo has 1,500): gene kinetics at a scale where the
+# The demo's pipeline on a world with 10,000 RNA cells (the demo has 6,000): gene kinetics at a scale where the
 # cells can pin them (issue 10's larger world; about 20 min on 2 CPU cores). Report: runs/kinetics_world/report/.
 kinetics-world: setup
 	$(WBCVAE) pipeline --config experiments/pipeline/demo.yaml --out runs/kinetics_world \
 	  --set world.rna_cells=10000 --set real_rna.source=null $(ARGS)
 
 $(WORLD)/manifest.csv: | setup
-	$(WBCVAE) data synth $(WORLD) --cells-per-class 24 --rna-cells 1500 --seed 0
+	$(WBCVAE) data synth $(WORLD) --cells-per-class 24 --rna-cells 6000 --seed 0
 
 segment: setup $(WORLD)/manifest.csv
 	$(WBCVAE) segment train --config $(or $(CONFIG),experiments/segmentation/cpu.yaml) $(ARGS)
