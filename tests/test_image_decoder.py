@@ -205,3 +205,12 @@ def test_an_encoder_that_reads_colours_needs_them_and_its_plan_learns_with_them(
         optimiser.step()
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     assert history[-1]["loss"] < 0.7 * history[0]["loss"] and history[-1]["image_colour_emd"] < history[0]["image_colour_emd"]
+
+
+def test_a_checkpoint_from_before_the_colour_profile_loads():
+    vae = ImageVAE(**TINY)
+    old = {k: v for k, v in vae.state_dict().items() if not k.startswith("colour_")}
+    fresh = ImageVAE(**TINY)
+    fresh.load_state_dict(old)
+    features = crops(2)["features"]
+    torch.testing.assert_close(fresh.encode(features)[0], vae.encode(features)[0])

@@ -100,6 +100,13 @@ class MaskHead(nn.Module):
         return self.resize @ self.body(h) @ self.resize.T + self.prior_logits
 
 
+def _no_colour_in_old_checkpoints(state_dict: dict, prefix: str, *args) -> None:
+    """A checkpoint from before the colour profile existed reads h alone: it loads with empty colour statistics."""
+    if f"{prefix}to_mu.weight" in state_dict and f"{prefix}colour_mean" not in state_dict:
+        state_dict[f"{prefix}colour_mean"] = torch.zeros(0)
+        state_dict[f"{prefix}colour_std"] = torch.ones(0)
+
+
 class ImageVAE(nn.Module):
     """Encodes RoIAlign feature maps; decodes to ĥ (same shape) and from ĥ to a 3×S×S image Î in [0, 1]
     and the logits of the cell mask (1×S×S).
@@ -159,6 +166,7 @@ class ImageVAE(nn.Module):
         self.colour_dim = 3 * colour_bins + 1 if colour_bins else 0
         self.register_buffer("colour_mean", torch.zeros(self.colour_dim))
         self.register_buffer("colour_std", torch.ones(self.colour_dim))
+        self._register_load_state_dict_pre_hook(_no_colour_in_old_checkpoints)
         self.to_mu = nn.Linear(flat + self.colour_dim, latent_dim)
         self.to_logvar = nn.Linear(flat + self.colour_dim, latent_dim)
 
