@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 from wbcvae.checkpoints import load_plan
 from wbcvae.errors import InputError
 from wbcvae.models.image_vae import cell_on_grey
-from wbcvae.models.losses import colour_profile
+from wbcvae.models.losses import COLOUR_BINS, colour_profile
 from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import rebuild_datamodule
@@ -63,7 +63,6 @@ from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES, LINEAGES
 
 PCA_DIM = 50
-BASELINE_COLOUR_BINS = 16  # the colour-profile baseline: 16 intensity bins per channel
 GRANULOCYTIC = LINEAGES["granulocytic"].stages
 STAGES = GRANULOCYTIC[GRANULOCYTIC.index("promyelocyte") :]  # PMY < MY < MMY < BNE < SNE
 SLIDE = 1.0  # background the segmenter and SSIM see around a cell: bright, like the slide between cells
@@ -95,7 +94,7 @@ class Split:
                 self.parts[f"{term}/recon"].append((mask * scale(outputs[output_key].float())).flatten(1).cpu().numpy())
         if "mask" in batch:
             self.parts["mask"].append(batch["mask"].cpu().numpy().astype(np.float32))
-            self.parts["colour"].append(colour_profile(batch["target"].float(), batch["mask"].float(), BASELINE_COLOUR_BINS).cpu().numpy())
+            self.parts["colour"].append(colour_profile(batch["target"].float(), batch["mask"].float(), COLOUR_BINS).cpu().numpy())
         if self.keep_images and "image_hat" in outputs:
             shown = outputs["mask_logits"].sigmoid() if "mask_logits" in outputs else batch["mask"]
             for name, value in (("target", batch["target"]), ("image_hat", outputs["image_hat"]), ("shown_mask", shown)):

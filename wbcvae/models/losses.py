@@ -93,6 +93,7 @@ def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 COLOUR_SIZE = 64  # crops are averaged down to this size before their colours are binned: a quarter of the memory, the same colours
+COLOUR_BINS = 16  # intensity bins per channel where no model setting says otherwise (the colour term of a model that does not read colours, the bench's baseline)
 
 
 def colour_histogram(image: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:

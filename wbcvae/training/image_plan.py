@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn import functional as F
 
 from wbcvae.models.image_vae import ImageVAE
-from wbcvae.models.losses import colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
+from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
 from wbcvae.training.plan import Batch, Outputs, VAEPlan
 
 
@@ -26,7 +26,9 @@ class ImageVAEPlan(VAEPlan):
     L1 of image gradients penalise the blur MSE tolerates; `mask_weight`·(BCE + soft Dice) trains the
     predicted cell mask that figures draw the decoded cell in (its logits start at the per-pixel prior
     of the training masks, fitted with the feature statistics; Dice keeps a cell of ~10 % of the crop
-    from losing to the background). Every term is computed and logged whatever its weight
+    from losing to the background); `colour_weight`·the earth mover's distance between the colour histograms of
+    m·Î and m·I keeps the cell's colours (blue cytoplasm, pink granules) that pixel MSE averages away. With
+    `colour_bins` the encoder reads the crop's colour profile beside h (`encoder_inputs`). Every term is computed and logged whatever its weight
     (a weight of 0 turns a term into a metric), so runs with different objectives compare on one scale.
     """
 
@@ -117,7 +119,7 @@ class ImageVAEPlan(VAEPlan):
             "image_gradient_l1": masked_gradient_l1(image_hat, target, mask),
             "mask_bce": F.binary_cross_entropy_with_logits(outputs["mask_logits"], mask),
             "mask_dice_loss": soft_dice_loss(outputs["mask_logits"], mask),
-            "image_colour_emd": colour_distance(image_hat, target, mask, self.hparams.colour_bins or 16),
+            "image_colour_emd": colour_distance(image_hat, target, mask, self.hparams.colour_bins or COLOUR_BINS),
         }
         hp = self.hparams
         weights = {
