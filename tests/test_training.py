@@ -297,6 +297,27 @@ def test_image_plan_on_feature_store_then_embed(feature_store, tmp_path):
     assert np.allclose(embedded.obsm[EMBEDDING_KEY], expected, atol=1e-5)
 
 
+def test_an_image_plan_reading_colours_fits_their_statistics_beside_the_features_and_embeds(feature_store, tmp_path):
+    from wbcvae.features.datamodule import FeatureDataModule
+    from wbcvae.models.losses import colour_profile
+    from wbcvae.training.embed import embed
+
+    plan = ImageVAEPlan(colour_bins=8)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    data = FeatureDataModule(feature_store, batch_size=8)
+    trainer.fit(plan, data)
+    train_rows = np.sort(data.datasets["train"].rows)
+    assert plan.statistics_cells == len(train_rows)  # the cells the features were counted over, whatever else is fitted
+    target = torch.from_numpy(np.load(feature_store / "target.npy")[train_rows].astype(np.float32) / 255)
+    mask = torch.from_numpy(np.load(feature_store / "mask.npy")[train_rows].astype(np.float32))
+    profiles = colour_profile(target, mask, 8).double()
+    assert torch.allclose(plan.vae.colour_mean.double(), profiles.mean(0), atol=1e-5)
+    assert torch.allclose(plan.vae.colour_std.double(), profiles.std(0, unbiased=False).clamp_min(1e-6), atol=1e-5)
+    embedded = embed(tmp_path / "last.ckpt", feature_store, tmp_path / "image.h5ad", batch_size=10, device="cpu")
+    assert embedded.obsm[EMBEDDING_KEY].shape == (24, 50)
+
+
 # --- one kNN protocol, inputs checked before a run folder, one-line config errors, a quiet run --------
 
 

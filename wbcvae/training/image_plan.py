@@ -26,10 +26,11 @@ class ImageVAEPlan(VAEPlan):
     L1 of image gradients penalise the blur MSE tolerates; `mask_weight`·(BCE + soft Dice) trains the
     predicted cell mask that figures draw the decoded cell in (its logits start at the per-pixel prior
     of the training masks, fitted with the feature statistics; Dice keeps a cell of ~10 % of the crop
-    from losing to the background); `colour_weight`·the earth mover's distance between the colour histograms of
-    m·Î and m·I keeps the cell's colours (blue cytoplasm, pink granules) that pixel MSE averages away. With
-    `colour_bins` the encoder reads the crop's colour profile beside h (`encoder_inputs`). Every term is computed and logged whatever its weight
-    (a weight of 0 turns a term into a metric), so runs with different objectives compare on one scale.
+    from losing to the background); `colour_weight`·the earth mover's distance between the colour
+    histograms of m·Î and m·I keeps the cell's colours (blue cytoplasm, pink granules) that pixel MSE
+    averages away. With `colour_bins` the encoder reads the crop's colour profile beside h
+    (`encoder_inputs`). Every term is computed and logged whatever its weight (a weight of 0 turns a
+    term into a metric), so runs with different objectives compare on one scale.
     """
 
     kind = "image"
@@ -70,8 +71,8 @@ class ImageVAEPlan(VAEPlan):
     @torch.no_grad()
     def fit_feature_statistics(self) -> None:
         """Per-channel mean and std of the training features, each pixel's share of cells (the mask
-        head's prior) and, when the model reads them, the mean and std of the colour profiles; from up to `statistics_batches` batches (summed over DDP ranks, so every rank
-        starts alike)."""
+        head's prior) and, when the model reads them, the mean and std of the colour profiles; from up to
+        `statistics_batches` batches (summed over DDP ranks, so every rank starts alike)."""
         if self.trainer.datamodule is None:
             rank_zero_warn("no DataModule to fit feature statistics on: features are used unstandardised")
             return
@@ -97,9 +98,9 @@ class ImageVAEPlan(VAEPlan):
         std = (squares / count - mean.pow(2)).clamp_min(0).sqrt()
         self.vae.set_feature_statistics(mean.float(), std.float())
         if self.vae.colour_dim:
-            count, total, squares = self.trainer.strategy.reduce(colour_sums, reduce_op="sum")
-            mean = total / count
-            self.vae.set_colour_statistics(mean.float(), (squares / count - mean.pow(2)).clamp_min(0).sqrt().float())
+            cells, colour_total, colour_squares = self.trainer.strategy.reduce(colour_sums, reduce_op="sum")
+            colour_mean = colour_total / cells
+            self.vae.set_colour_statistics(colour_mean.float(), (colour_squares / cells - colour_mean.pow(2)).clamp_min(0).sqrt().float())
         self.statistics_cells.fill_(int(count[0]) // (self.hparams.feature_size**2))
 
     def encoder_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:

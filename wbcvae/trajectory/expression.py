@@ -72,8 +72,8 @@ class CellExpression:
 
 def cell_expression(source: str | os.PathLike | ad.AnnData, cell_names: Sequence[str] | None, genes: Sequence[str]) -> CellExpression:
     """The counts of `genes` (those the source has) for the cells `cell_names` of an RNA source (or one
-    already read), rows in
-    that order (None: every cell, in the source's order); a name the source lacks becomes a row without RNA."""
+    already read), rows in that order (None: every cell, in the source's order); a name the source lacks
+    becomes a row without RNA."""
     from wbcvae.data.rna import read_count_rows, read_rna
 
     adata = read_rna(source)
