@@ -329,9 +329,10 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
         assert (folder / name).is_file(), name
     assert pd.read_csv(folder / "genes.csv").shape == (40, len(genes) + 1)
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
-    settings.compare_chord = False
+    settings.compare_chord, settings.min_lengthscale = False, 0.5
     stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
     assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
+    assert stretch.metrics["lengthscale"] >= 0.5  # the setting bounds the GP
 
 
 def test_a_wiggle_the_cells_cannot_show_is_flat_and_real_changes_stay(tmp_path):

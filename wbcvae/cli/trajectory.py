@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traj.add_argument("--samples", type=int, default=16, help="posterior paths decoded for the uncertainty")
     traj.add_argument("--k-range", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"),
                       help="k-Shape cluster counts tried; the best silhouette wins")
+    traj.add_argument("--min-lengthscale", type=float, default=0.25, help="shortest RBF lengthscale of the path GP, in path pseudotime (0 … 1)")
     traj.add_argument("--seed", type=int, default=0)
     traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
     traj.add_argument("--rna", type=Path, default=None,
@@ -51,6 +52,7 @@ def _trajectory(args: argparse.Namespace) -> None:
         samples=args.samples,
         k_range=tuple(args.k_range),
         seed=args.seed,
+        min_lengthscale=args.min_lengthscale,
     )
     truth = _truth(args.truth, module) if args.truth else None
     rna = args.rna or args.truth

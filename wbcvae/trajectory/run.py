@@ -30,7 +30,7 @@ from wbcvae.trajectory.decode import (
     save_image_strip,
 )
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
-from wbcvae.trajectory.gp import Anchors, LatentPathGP, Trajectory, class_anchors
+from wbcvae.trajectory.gp import MIN_LENGTHSCALE, Anchors, LatentPathGP, Trajectory, class_anchors
 from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
 from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
@@ -61,6 +61,7 @@ class TrajectorySettings:
     flat_level: float = 0.05  # changed: range beyond the spread at this family-wise level over the steps
     k_range: tuple[int, int] = K_RANGE  # k-Shape cluster counts tried; the best silhouette wins
     fit_iters: int = 100
+    min_lengthscale: float = MIN_LENGTHSCALE  # the GP's shortest RBF lengthscale, in path pseudotime (0 … 1)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -227,7 +228,7 @@ def _walk(
 ) -> _Walk:
     """GP through `anchors`, decoded, its genes called flat or changed (against the decoded samples'
     spread and, with `near`, the cells' standard error) and clustered, scored against `truth`."""
-    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters)
+    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters, lengthscale_bounds=(settings.min_lengthscale, 2.0))
     trajectory = gp.trajectory(settings.steps, settings.samples, settings.seed, name=preset.name)
     decoded = decode_path(trajectory, image_decoder, gene_decoder, gene_names)
     spread = decoded.gene_std
