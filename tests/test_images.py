@@ -13,7 +13,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from wbcvae.data.image_dataset import CropDataModule, CropDataset, split_manifest, square_crop
+from wbcvae.data.image_dataset import CropDataModule, CropDataset, place_groups, place_single_crops, split_manifest, square_crop
 from wbcvae.data.images import load_image, load_mask, read_manifest
 from wbcvae.errors import InputError
 from wbcvae.vocabulary import CLASS_INDEX, PBC_PREFIXES
@@ -246,6 +246,17 @@ def test_split_never_puts_a_patient_in_two_parts_and_stays_near_targets():
     other = split_manifest(frame, (0.7, 0.15, 0.15), seed=2)
     assert all(a.index.equals(b.index) for a, b in zip(parts, again))
     assert not all(a.index.equals(b.index) for a, b in zip(parts, other))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_placing_single_crops_at_once_matches_placing_them_one_by_one(seed):
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 5, size=300)  # uneven, some classes tiny; shares that tie now and then
+    target = np.array([[0.7], [0.15], [0.15]]) if seed % 2 else np.array([[0.5], [0.25], [0.25]])
+    target = target * np.bincount(classes, minlength=5)[None, :]
+    order = rng.permutation(len(classes))
+    one_hot = np.eye(5)[classes]
+    assert np.array_equal(place_single_crops(target, classes, order), place_groups(target, one_hot, order))
 
 
 def test_split_with_a_zero_fraction_leaves_that_part_empty():

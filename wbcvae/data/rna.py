@@ -411,16 +411,17 @@ def read_count_rows(adata: ad.AnnData, rows: np.ndarray | slice) -> sp.csr_matri
     if isinstance(rows, slice):
         rows = np.arange(*rows.indices(adata.n_obs))
     rows = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(rows, kind="stable")
+    increasing = bool(np.all(rows[1:] >= rows[:-1]))  # a split's rows usually are: no reordering to undo
+    order = np.arange(len(rows)) if increasing else np.argsort(rows, kind="stable")
     if isinstance(adata.X, ad.abc.CSRDataset):
         block = _read_disk_csr_rows(adata.X, rows[order])
     else:
         block = sp.csr_matrix(adata.X[rows[order]] if len(rows) else (0, adata.n_vars))
-    block = block.astype(np.float32)
+    block = block.astype(np.float32, copy=False)
     info = adata.uns.get("wbcvae", {})
     if info.get("lazy"):
         _check_counts(adata, block, info["source"], info["counts"], rows=rows[order])
-    return block[np.argsort(order)]
+    return block if increasing else block[np.argsort(order)]
 
 
 _INDPTR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # on-disk matrix → its row pointers
