@@ -85,6 +85,9 @@ def test_headlines_put_each_result_beside_its_baseline():
     assert lines["Known markers on the synthetic paths going the expected way (up, down, transient)"].value == "2 of 3\ngranulopoiesis 2 of 3"
     real = lines["Known markers on real marrow RNA (van Galen) going the expected way"]
     assert real.value == "6 of 6" and real.reading.endswith("as biology expects: CD34 down; LYZ, S100A8 up")
+    with_trend = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_as_dpt": 5}}
+    real = {h.result.partition(":")[0]: h for h in headlines(with_trend)}[real.result.partition(":")[0]]
+    assert real.reading.endswith("LYZ, S100A8 up; 5 of 6 have the shape of the real cells' own DPT trend")
     assert lines["Cells segmented"].value == "0.90 (a cell found in 100\u00a0% of crops)"
 
 

@@ -397,10 +397,13 @@ def test_rna_only_path_decodes_genes_and_reads_the_known_markers_beside_their_dp
     markers = result.tables["markers"].set_index("gene")
     assert list(markers["curve"]) == ["down", "up", "transient"] and list(markers["agrees"]) == [True, True, False]
     assert markers.at["LYZ", "dpt_correlation"] > 0.9 and markers.at["CD34", "dpt_correlation"] < -0.9
+    # The cells' own trend: S100A8 misses its textbook shape but moves as the cells do; CD34 the reverse.
+    assert list(markers["dpt_shape"]) == ["up", "up", "transient"] and result.metrics["markers_as_dpt"] == 2
     section = report_section(result)
     assert [Path(f).name for f in section.figures] == ["paths.png", "heatmap.png", "markers.png", "markers_dpt.png"]
     assert "strip" not in section.text and "diffusion-pseudotime quantiles" in section.text
     assert "CD34 down, LYZ up, S100A8 transient (expected up); 2 of 3 agree" in section.text
+    assert "2 of 3 with the shape of the real cells' DPT trend" in section.text
 
 
 def test_report_folder_has_index_tables_and_json_and_appears_whole(tmp_path):

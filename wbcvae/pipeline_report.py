@@ -87,6 +87,7 @@ METRIC_LABELS = {
     "curve_shape_accuracy": "genes with the right shape (own curve)",
     "genes_compared": "genes compared",
     "markers_agree": "known markers as expected",
+    "markers_as_dpt": "known markers shaped as their DPT trend",
     "markers_compared": "known markers compared",
     "marker_shapes": "marker shape",
 }
@@ -237,8 +238,14 @@ def _real_markers_headline(real: Mapping[str, Any]) -> Headline | None:
         title,
         f"{agree} of {total}",
         f"a random shape (up, down, transient, flat) matches 1 in 4: {total / 4:.1f} of {total}",
-        _marker_reading(agree, total) + (f": {shapes}" if shapes else ""),
+        _marker_reading(agree, total) + (f": {shapes}" if shapes else "") + _as_cells(real, total),
     )
+
+
+def _as_cells(real: Mapping[str, Any], total: int) -> str:
+    """What the user's own baseline says: how many decoded markers have the shape of the cells' DPT trend."""
+    as_dpt = real.get("markers_as_dpt")
+    return "" if as_dpt is None else f"; {as_dpt} of {total} have the shape of the real cells' own DPT trend"
 
 
 def _marker_reading(agree: int, total: int) -> str:

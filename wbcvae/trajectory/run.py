@@ -31,7 +31,7 @@ from wbcvae.trajectory.decode import (
 )
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import MIN_LENGTHSCALE, Anchors, LatentPathGP, Trajectory, class_anchors
-from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap
+from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap, shape_of, znormalise
 from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
 from wbcvae.trajectory.recovery import GroundTruth
@@ -170,6 +170,7 @@ def run_trajectory(
             files["markers_dpt"] = save_marker_trends(decoded, trends, shown, folder / "markers_dpt.png")
             files["dpt_trends"] = write_csv(trends, folder / "dpt_trends.csv", index=True)
             metrics["dpt_correlation_median"] = float(markers["dpt_correlation"].median())
+            metrics["markers_as_dpt"] = int((markers["curve"] == markers["dpt_shape"]).sum())  # of markers_compared
     if cells is not None and settings.compare_chord:
         chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth, near)
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
@@ -329,9 +330,13 @@ def marker_table(
     """The preset's known markers (those the model keeps): expected shape, the shape of the gene's own
     decoded curve, the name of its k-Shape cluster (which, being shift-invariant, can file a
     transient gene's falling edge with the `down` genes) and, with the real cells' DPT `trends`, the
-    Pearson correlation between the decoded curve and the trend (`dpt_correlation`)."""
+    Pearson correlation between the decoded curve and the trend (`dpt_correlation`) and the trend's own
+    shape (`dpt_shape`, named as a changed curve is: up, down or transient), so a marker that misses its
+    textbook shape shows whether the cells themselves move that way."""
     table = kinetics.table.set_index("gene")
-    columns = ["gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "spread", "net_change", "dpt_correlation"]
+    columns = [
+        "gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "spread", "net_change", "dpt_correlation", "dpt_shape",
+    ]  # fmt: skip
     rows = [
         {
             "gene": gene,
@@ -344,6 +349,7 @@ def marker_table(
             "spread": float(table.at[gene, "spread"]),
             "net_change": float(table.at[gene, "net_change"]),
             "dpt_correlation": _trend_correlation(decoded, trends, gene),
+            "dpt_shape": _trend_shape(trends, gene),
         }
         for gene, expected in preset.expected_markers.items()
         if gene in table.index
@@ -357,11 +363,22 @@ def _trend_correlation(decoded: DecodedPath | None, trends: pd.DataFrame | None,
     return trend_correlation(decoded.genes[:, decoded.gene_names.index(gene)], trends[gene].to_numpy())
 
 
+def _trend_shape(trends: pd.DataFrame | None, gene: str) -> str:
+    if trends is None or gene not in trends.columns:
+        return ""
+    trend = trends[gene].to_numpy()
+    return shape_of(znormalise(trend[None])[0]) if np.ptp(trend) > 0 else "flat"
+
+
 def marker_sentence(markers: pd.DataFrame) -> str:
     """'Known markers along the decoded path: CD34 down, LYZ up, …; 5 of 6 agree with the expected shape.'"""
     found = [f"{r.gene} {r.curve}{'' if r.agrees else f' (expected {r.expected})'}" for r in markers.itertuples()]
     agree = int(markers["agrees"].astype(bool).sum())
-    return f"Known markers along the decoded path: {', '.join(found)}; {agree} of {len(markers)} agree with the expected shape."
+    sentence = f"Known markers along the decoded path: {', '.join(found)}; {agree} of {len(markers)} agree with the expected shape"
+    if "dpt_shape" not in markers or not (markers["dpt_shape"] != "").all():
+        return sentence + "."
+    as_cells = int((markers["curve"] == markers["dpt_shape"]).sum())
+    return sentence + f", {as_cells} of {len(markers)} with the shape of the real cells' DPT trend."
 
 
 def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, n: int = 8) -> list[str]:
