@@ -162,8 +162,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         ratio = r["cells_per_s"] / results["scvi"]["cells_per_s"]
-        print(f"| {name} | {r['likelihood']} | {r['hidden']} | {r['atlas']} | {r['cells_per_s']:.0f} | {ratio:.2f} | {r['startup_s']:.1f} "
-              f"| {r['genes_s']:.1f} | {r['startup_without_genes_s']:.1f} |")  # fmt: skip
+        print(f"| {name} | {r['likelihood']} | {r['hidden']} | {r['atlas']} | {r['cells_per_s']:.0f} | {ratio:.2f} | {r['startup_s']:.2f} "
+              f"| {r['genes_s']:.2f} | {r['startup_without_genes_s']:.2f} |")  # fmt: skip
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"read_s": read_s, **results}, indent=2))
