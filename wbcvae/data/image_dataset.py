@@ -165,7 +165,7 @@ def place_groups(target: np.ndarray, crops: np.ndarray, order: np.ndarray) -> np
 
 
 def place_single_crops(target: np.ndarray, class_of_crop: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """`place_groups` when each group is one crop, without its loop over crops (7,000 cells: 50 ms → 2 ms).
+    """`place_groups` when each group is one crop, without its loop over crops (van Galen: the split 28 → 7 ms).
 
     A crop of class c only sees column c, so the classes are placed independently. Within one, part p
     has room target[p, c] − j after taking j crops, and each crop takes the most room (ties: the first
