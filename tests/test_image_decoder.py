@@ -8,7 +8,7 @@ import yaml
 from torch.nn import functional as F
 
 from wbcvae.errors import InputError
-from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
+from wbcvae.models.image_vae import LOGVAR_RANGE, ImageVAE, Upsample2x, cell_on_grey
 from wbcvae.models.losses import colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
 from wbcvae.training.image_plan import ImageVAEPlan
 
@@ -41,6 +41,14 @@ def test_residual_decoder_and_mask_head_shapes():
     assert image_hat.shape == (3, 3, 32, 32) and mask_logits.shape == (3, 1, 32, 32)
     assert 0 <= image_hat.min() and image_hat.max() <= 1
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) and m.stride != (1, 1) for m in vae.image_head.modules())
+
+
+def test_the_posterior_variance_stays_finite_when_the_encoder_drifts():
+    vae = ImageVAE(**TINY, image_decoder="residual", image_channels=16)
+    with torch.no_grad():
+        vae.to_logvar.bias.fill_(500.0)  # exp(500) overflows float32: the drift that stopped pbc-scale training
+    mu, logvar = vae.encode(torch.randn(2, 8, 4, 4))
+    assert logvar.max() == LOGVAR_RANGE[1] and torch.isfinite(logvar.exp()).all()
 
 
 def test_unknown_image_decoder_is_named():

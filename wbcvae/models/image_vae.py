@@ -100,6 +100,11 @@ class MaskHead(nn.Module):
         return self.resize @ self.body(h) @ self.resize.T + self.prior_logits
 
 
+# log σ² of q(z | h) is kept in this range: on make pbc-train's features the residual head drove it up until exp()
+# overflowed (KL 2 → 65 over ten steps, then inf at step 55, whatever the learning rate or gradient clipping).
+LOGVAR_RANGE = (-20.0, 10.0)
+
+
 def _no_colour_in_old_checkpoints(state_dict: dict, prefix: str, *args) -> None:
     """A checkpoint from before the colour profile existed reads h alone: it loads with empty colour statistics."""
     if f"{prefix}to_mu.weight" in state_dict and f"{prefix}colour_mean" not in state_dict:
@@ -207,7 +212,7 @@ class ImageVAE(nn.Module):
             if colour is None:
                 raise InputError(f"this image β-VAE reads each crop's colour profile ({self.colour_bins} bins) beside h; none was given")
             hidden = torch.cat([hidden, (colour - self.colour_mean) / self.colour_std], 1)
-        return self.to_mu(hidden), self.to_logvar(hidden)
+        return self.to_mu(hidden), self.to_logvar(hidden).clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstructed feature maps ĥ (B×C×F×F, the features' units), the image Î (B×3×S×S) and the
