@@ -124,7 +124,7 @@ def test_resume_after_stop_gives_the_weights_of_an_uninterrupted_run(tmp_path):
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path):
     plan = ImageVAEPlan(in_channels=8, feature_size=4, image_size=32, hidden_channels=8, latent_dim=8)
     with torch.no_grad():
-        plan.vae.to_logvar.bias.fill_(1e4)  # σ² = e^10000 overflows: KL becomes infinite
+        plan.vae.to_mu.bias.fill_(1e20)  # μ² overflows float32: KL becomes infinite (log σ² is clamped)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
     data = ToyFeatureDataModule(n_cells=16, in_channels=8, feature_size=4, image_size=32, batch_size=4)
