@@ -34,6 +34,7 @@ CENTROID_NOISE = 1e-5  # in standardised units: the path interpolates its anchor
 # inside a cloud whose order the latent does not resolve; at 0.15 the GP follows that scatter and the path
 # dawdles there (demo monocytopoiesis: pseudotime Spearman 0.988; 0.996 at 0.25, other figures alike, README).
 MIN_LENGTHSCALE = 0.25
+MAX_LENGTHSCALE = 2.0  # longer and the path ignores its waypoints
 
 
 @dataclass
@@ -119,7 +120,7 @@ class LatentPathGP:
         anchors: Anchors,
         fit_iters: int = 100,
         learning_rate: float = 0.1,
-        lengthscale_bounds: tuple[float, float] = (MIN_LENGTHSCALE, 2.0),
+        lengthscale_bounds: tuple[float, float] = (MIN_LENGTHSCALE, MAX_LENGTHSCALE),
     ):
         self.anchors = anchors
         z = anchors.z.double()

@@ -30,7 +30,7 @@ from wbcvae.trajectory.decode import (
     save_image_strip,
 )
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
-from wbcvae.trajectory.gp import MIN_LENGTHSCALE, Anchors, LatentPathGP, Trajectory, class_anchors
+from wbcvae.trajectory.gp import MAX_LENGTHSCALE, MIN_LENGTHSCALE, Anchors, LatentPathGP, Trajectory, class_anchors
 from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap, shape_of, znormalise
 from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
@@ -170,7 +170,7 @@ def run_trajectory(
             files["markers_dpt"] = save_marker_trends(decoded, trends, shown, folder / "markers_dpt.png")
             files["dpt_trends"] = write_csv(trends, folder / "dpt_trends.csv", index=True)
             metrics["dpt_correlation_median"] = float(markers["dpt_correlation"].median())
-            metrics["markers_as_dpt"] = int((markers["curve"] == markers["dpt_shape"]).sum())  # of markers_compared
+            metrics["markers_as_dpt"] = markers_as_dpt(markers)  # of markers_compared
     if cells is not None and settings.compare_chord:
         chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth, near)
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
@@ -229,7 +229,7 @@ def _walk(
 ) -> _Walk:
     """GP through `anchors`, decoded, its genes called flat or changed (against the decoded samples'
     spread and, with `near`, the cells' standard error) and clustered, scored against `truth`."""
-    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters, lengthscale_bounds=(settings.min_lengthscale, 2.0))
+    gp = LatentPathGP(anchors, fit_iters=settings.fit_iters, lengthscale_bounds=(settings.min_lengthscale, MAX_LENGTHSCALE))
     trajectory = gp.trajectory(settings.steps, settings.samples, settings.seed, name=preset.name)
     decoded = decode_path(trajectory, image_decoder, gene_decoder, gene_names)
     spread = decoded.gene_std
@@ -363,6 +363,11 @@ def _trend_correlation(decoded: DecodedPath | None, trends: pd.DataFrame | None,
     return trend_correlation(decoded.genes[:, decoded.gene_names.index(gene)], trends[gene].to_numpy())
 
 
+def markers_as_dpt(markers: pd.DataFrame) -> int:
+    """How many markers' decoded curves have the shape of the real cells' DPT trend."""
+    return int((markers["curve"] == markers["dpt_shape"]).sum())
+
+
 def _trend_shape(trends: pd.DataFrame | None, gene: str) -> str:
     if trends is None or gene not in trends.columns:
         return ""
@@ -377,8 +382,7 @@ def marker_sentence(markers: pd.DataFrame) -> str:
     sentence = f"Known markers along the decoded path: {', '.join(found)}; {agree} of {len(markers)} agree with the expected shape"
     if "dpt_shape" not in markers or not (markers["dpt_shape"] != "").all():
         return sentence + "."
-    as_cells = int((markers["curve"] == markers["dpt_shape"]).sum())
-    return sentence + f", {as_cells} of {len(markers)} with the shape of the real cells' DPT trend."
+    return sentence + f", {markers_as_dpt(markers)} of {len(markers)} with the shape of the real cells' DPT trend."
 
 
 def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, n: int = 8) -> list[str]:
