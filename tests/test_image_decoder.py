@@ -8,7 +8,8 @@ import yaml
 from torch.nn import functional as F
 
 from wbcvae.errors import InputError
-from wbcvae.models.image_vae import LOGVAR_RANGE, ImageVAE, Upsample2x, cell_on_grey
+from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
+from wbcvae.models.losses import LOGVAR_RANGE
 from wbcvae.models.losses import colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
 from wbcvae.training.image_plan import ImageVAEPlan
 

@@ -8,6 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence as torch_kl
 
 from wbcvae.models import ImageVAE, NonFiniteLossError, RnaVAE, check_finite, kl_divergence, kl_weight, reparameterise
+from wbcvae.models.losses import LOGVAR_RANGE
 from wbcvae.training.metrics import knn_accuracy
 
 
@@ -69,6 +70,14 @@ def test_z_is_sampled_only_while_training():
     out = vae(x)
     assert torch.equal(out["z"], out["mu"])
     assert not torch.equal(vae(x, sample=True)["z"], out["mu"])
+
+
+def test_rna_posterior_variance_stays_finite_when_the_encoder_drifts():
+    vae = RnaVAE(n_genes=30, hidden=(16,), latent_dim=4, likelihood="nb")
+    with torch.no_grad():
+        vae.to_logvar.bias.fill_(500.0)  # exp(500) overflows float32, as the image encoder's did at pbc scale
+    _, logvar = vae.encode(torch.rand(3, 30))
+    assert logvar.max() == LOGVAR_RANGE[1] and torch.isfinite(kl_divergence(torch.zeros_like(logvar), logvar))
 
 
 def test_kl_matches_torch_distributions():

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wbcvae.errors import InputError
-from wbcvae.models.losses import reparameterise
+from wbcvae.models.losses import LOGVAR_RANGE, reparameterise
 
 IMAGE_DECODERS = ("residual", "study")
 NEUTRAL_GREY = 0.5
@@ -98,11 +98,6 @@ class MaskHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.resize @ self.body(h) @ self.resize.T + self.prior_logits
-
-
-# log σ² of q(z | h) is kept in this range: on make pbc-train's features the residual head drove it up until exp()
-# overflowed (KL 2 → 65 over ten steps, then inf at step 55, whatever the learning rate or gradient clipping).
-LOGVAR_RANGE = (-20.0, 10.0)
 
 
 def _no_colour_in_old_checkpoints(state_dict: dict, prefix: str, *args) -> None:

@@ -15,6 +15,12 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; training stops rather than silently corrupting the weights."""
 
 
+# Both encoders keep log σ² of q(z | ·) in this range: on make pbc-train's features the image β-VAE's residual head
+# drove it up until exp() overflowed (KL 2 → 65 over ten steps, then inf at step 55, whatever the learning rate or
+# gradient clipping). Trained models stay well inside it (image: within ±4.3; RNA: −5.1 to −2.4).
+LOGVAR_RANGE = (-20.0, 10.0)
+
+
 def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Sample z = μ + σ·ε so the sample stays differentiable in μ and log σ²."""
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from wbcvae.models.losses import reparameterise
+from wbcvae.models.losses import LOGVAR_RANGE, reparameterise
 
 LIKELIHOODS = ("mse", "nb")
 TARGET_SUM = 1e4  # counts per cell of the normalised expression `expression()` returns (as the preprocessing)
@@ -73,9 +73,9 @@ class RnaVAE(nn.Module):
         self._register_load_state_dict_pre_hook(_scaled_curves_for_old_mse)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ and log σ² of q(z | x) for a batch B×n_genes."""
+        """μ and log σ² of q(z | x) for a batch B×n_genes (log σ² within `LOGVAR_RANGE`)."""
         hidden = self.encoder(x)
-        return self.to_mu(hidden), self.to_logvar(hidden)
+        return self.to_mu(hidden), self.to_logvar(hidden).clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """"mse": reconstructed scaled expression B×n_genes in [0, 1]; "nb": each kept gene's share ρ of
