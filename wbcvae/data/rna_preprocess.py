@@ -270,9 +270,14 @@ class RnaPreprocessor:
     def from_counts(self, adata: ad.AnnData, rows: np.ndarray, kept: np.ndarray, library: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(x, z_atlas)` of the cells at `rows` from their kept genes' counts (dense, cells × genes) and
         libraries (cells × 1): for a caller that keeps those counts at hand instead of reading every gene."""
-        log_expression = np.log1p(kept * self._scale(library))  # as in fitting, on the kept genes only
-        x = np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0).astype(np.float32)
+        x = self.scaled_expression(kept, library)
         return x, np.asarray(self._atlas_embedding(adata, rows, x, kept), dtype=np.float32)
+
+    def scaled_expression(self, kept: np.ndarray, library: np.ndarray) -> np.ndarray:
+        """The encoder's input x from the kept genes' counts and each cell's library: log-normalised as in
+        fitting, then min-max scaled by the fitted ranges and clipped to [0, 1]; float32."""
+        log_expression = np.log1p(kept * self._scale(library))
+        return np.clip((log_expression - self.gene_min) / self.gene_span, 0.0, 1.0).astype(np.float32)
 
     def _atlas_embedding(self, adata: ad.AnnData, rows: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
         if self.atlas_method == "scvi":
