@@ -82,33 +82,23 @@ def molecular_split(counts: np.ndarray, library: np.ndarray, rng: np.random.Gene
 
 
 @torch.no_grad()
-def molecular_cross_validation(plan, preprocessor, train_loader, loader, device: str, max_cells: int, seed: int) -> dict[str, float]:
-    """Log-expression MSE on held-out molecules (see the module's docstring): model, PCA-50 and mean."""
+def molecular_cross_validation(plan, preprocessor, train: dict, test: dict, device: str, seed: int) -> dict[str, float]:
+    """Log-expression MSE on held-out molecules (see the module's docstring) of `collect`'s held-out cells,
+    yardsticks fitted to its training cells: model, PCA-50 and mean."""
     train_rng, rng = (np.random.default_rng([seed, part]) for part in (0, 1))  # the held-out split whatever the training order
-    train_halves = []
-    for batch in train_loader:
-        half_a, _, library_a, _ = molecular_split(batch["counts"].numpy(), batch["library"].numpy(), train_rng)
-        train_halves.append(log_normalised(half_a, library_a))
-        if sum(map(len, train_halves)) >= max_cells:
-            break
-    train_halves = np.concatenate(train_halves)
+    train_a, _, train_library_a, _ = molecular_split(train["counts"], train["library"], train_rng)
+    train_halves = log_normalised(train_a, train_library_a)
     pca = fit_pca(train_halves)
-    errors, cells = defaultdict(float), 0
-    for batch in loader:
-        half_a, half_b, library_a, library_b = molecular_split(batch["counts"].numpy(), batch["library"].numpy(), rng)
-        out = plan.vae(torch.from_numpy(preprocessor.scaled_expression(half_a, library_a)).to(device))
-        if plan.vae.likelihood == "nb":
-            library = torch.as_tensor(library_b, dtype=out["rho"].dtype, device=device)
-            model = expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy()
-        else:
-            model = out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min
-        log_a, truth = log_normalised(half_a, library_a), log_normalised(half_b, library_b)
-        for name, recon in (("model", model), ("pca50", pca.inverse_transform(pca.transform(log_a))), ("training_mean", train_halves.mean(0))):
-            errors[name] += float(((recon - truth) ** 2).sum())
-        cells += len(truth)
-        if cells >= max_cells:
-            break
-    return {name: total / (cells * len(preprocessor.genes)) for name, total in errors.items()}
+    half_a, half_b, library_a, library_b = molecular_split(test["counts"], test["library"], rng)
+    out = plan.vae(torch.from_numpy(preprocessor.scaled_expression(half_a, library_a)).to(device))
+    if plan.vae.likelihood == "nb":
+        library = torch.as_tensor(library_b, dtype=out["rho"].dtype, device=device)
+        model = expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy()
+    else:
+        model = out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min
+    log_a, truth = log_normalised(half_a, library_a), log_normalised(half_b, library_b)
+    yardsticks = {"model": model, "pca50": pca.inverse_transform(pca.transform(log_a)), "training_mean": train_halves.mean(0)}
+    return {name: mse(np.broadcast_to(recon, truth.shape), truth) for name, recon in yardsticks.items()}
 
 
 def expected_log_expression(mean: torch.Tensor, theta: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
@@ -163,7 +153,7 @@ def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0) -> di
             continue
         theta = moment_theta(train["counts"], expected_counts(train_recon, train["library"]))
         nb_ll[name] = nb_log_likelihood(test["counts"], expected_counts(recon, test["library"]), theta)
-    held_out_molecules = molecular_cross_validation(plan, preprocessor, datamodule.train_dataloader(), loader, device, max_cells, split_seed)
+    held_out_molecules = molecular_cross_validation(plan, preprocessor, train, test, device, split_seed)
     return {
         "checkpoint": str(ckpt),
         "data": record["data"].get("source"),

@@ -9,8 +9,7 @@ from torch.nn import functional as F
 
 from wbcvae.errors import InputError
 from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
-from wbcvae.models.losses import LOGVAR_RANGE
-from wbcvae.models.losses import colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
+from wbcvae.models.losses import LOGVAR_RANGE, colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
 from wbcvae.training.image_plan import ImageVAEPlan
 
 TINY = dict(in_channels=8, feature_size=4, image_size=32, latent_dim=4, hidden_channels=8)
