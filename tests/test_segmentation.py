@@ -21,7 +21,7 @@ from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcn
 from wbcvae.segmentation.overlay import spread_over_classes
 from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
 from wbcvae.segmentation.train import load_config, train_segmentation
-from wbcvae.vocabulary import CLASSES
+from wbcvae.vocabulary import CLASS_INDEX, CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,6 +190,30 @@ def test_model_is_two_class_and_sized_for_the_crop():
     assert model.rpn.anchor_generator.sizes[0] == (6,) and model.rpn.anchor_generator.sizes[-1] == (96,)
     with pytest.raises(InputError, match="backbone"):
         build_maskrcnn("vgg16")
+
+
+def test_cell_type_detector_learns_the_crops_labels(world):
+    """`cell_types`: one box class per vocabulary class, targets labelled class + 1, and the
+    detector's losses fall when it fits one batch."""
+    model = build_maskrcnn("resnet18", input_size=64, mask_head=(32,), cell_types=True)
+    assert model.roi_heads.box_predictor.cls_score.out_features == len(CLASSES) + 1
+    data = SegmentationDataModule(world, input_size=64, fractions=(0.5, 0.5, 0.0), batch_size=4, cell_types=True)
+    data.setup()
+    train = data.datasets["train"]
+    expected = [CLASS_INDEX[label] + 1 for label in train.crops.frame["label"][:4]]
+    assert [int(train[i]["target"]["labels"][0]) for i in range(4)] == expected
+    torch.manual_seed(0)
+    module = MaskRCNNModule(backbone="resnet18", input_size=64, mask_head=(32,), proposals=16, roi_samples=8, cell_types=True)
+    batch = next(iter(data.train_dataloader()))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(6):
+        loss = sum(module.model(batch["images"], batch["targets"]).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
 
 
 def test_local_weights_are_loaded_and_recorded(tmp_path):

@@ -29,9 +29,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint, rebuild, saved_hparams
 from wbcvae.errors import InputError
 from wbcvae.segmentation.metrics import iou
+from wbcvae.vocabulary import CLASSES
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 CLASS_NAMES = ("background", "white_cell")  # index 1 is the only object class
+# With `cell_types`, the detector also names the cell: class k + 1 is the vocabulary's k-th class.
+CELL_TYPE_NAMES = ("background", *CLASSES)
 NORMS = {
     # Random init needs normalisation that learns; pretrained weights keep their statistics frozen.
     "batch": nn.BatchNorm2d,
@@ -59,8 +62,10 @@ def build_maskrcnn(
     roi_samples: int = 64,
     mask_head: tuple[int, ...] = (256, 256, 256, 256),
     detections_per_image: int = 10,
+    cell_types: bool = False,
 ) -> MaskRCNN:
-    """A randomly initialised two-class Mask R-CNN (background, white cell) for square crops of `input_size`.
+    """A randomly initialised two-class Mask R-CNN (background, white cell) for square crops of `input_size`;
+    with `cell_types`, one class per cell type of the vocabulary instead of "white cell".
 
     The model's own resize is pinned to `input_size`, so boxes and masks come back in crop pixels, and
     the anchors (one size per FPN level, 1/16 to 1/1 of the crop) cover cells from small lymphocytes
@@ -81,6 +86,7 @@ def build_maskrcnn(
     )
     sizes = tuple((max(4, round(input_size / 2**k)),) for k in (4, 3, 2, 1, 0))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+    classes = len(CELL_TYPE_NAMES if cell_types else CLASS_NAMES)
     return MaskRCNN(
         body,
         num_classes=None,  # the predictors below fix it
@@ -93,9 +99,9 @@ def build_maskrcnn(
         rpn_post_nms_top_n_test=proposals // 2,
         box_batch_size_per_image=roi_samples,
         box_detections_per_img=detections_per_image,
-        box_predictor=FastRCNNPredictor(1024, len(CLASS_NAMES)),  # 1024: torchvision's box-head width
+        box_predictor=FastRCNNPredictor(1024, classes),  # 1024: torchvision's box-head width
         mask_head=MaskRCNNHeads(body.out_channels, list(mask_head), dilation=1),
-        mask_predictor=MaskRCNNPredictor(mask_head[-1], mask_head[-1], len(CLASS_NAMES)),
+        mask_predictor=MaskRCNNPredictor(mask_head[-1], mask_head[-1], classes),
     )
 
 
@@ -157,6 +163,8 @@ class MaskRCNNModule(LightningModule):
 
     Gradient clipping is the Trainer's (`gradient_clip_val`); the configs in experiments/segmentation
     set it. `weights` is a local `.pth` path or None (random init); `self.init` says which was used.
+    `cell_types`: the box head learns each training crop's cell type (its label) besides "a cell is
+    here", so the FPN, whose RoIAlign features the image VAE encodes, is taught what tells types apart.
     """
 
     def __init__(
@@ -175,13 +183,14 @@ class MaskRCNNModule(LightningModule):
         warmup_steps: int = 100,
         min_score: float = 0.5,
         overlays: int = 8,
+        cell_types: bool = False,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer {optimizer!r} is not one of {OPTIMIZERS}")
         self.save_hyperparameters()
         self.model = build_maskrcnn(
-            backbone, input_size, norm, trainable_layers, proposals, roi_samples, tuple(mask_head)
+            backbone, input_size, norm, trainable_layers, proposals, roi_samples, tuple(mask_head), cell_types=cell_types
         )
         self.init: dict[str, Any] = {"init": "random"} if weights is None else load_weights(self.model, weights)
 

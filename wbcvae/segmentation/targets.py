@@ -23,9 +23,9 @@ from wbcvae.segmentation.classical import StainSegmenter
 TARGET_KINDS = ("auto", "true", "pseudo")
 
 
-def target_from_mask(cell: Tensor) -> dict[str, Tensor]:
+def target_from_mask(cell: Tensor, label: int = 1) -> dict[str, Tensor]:
     """torchvision detection target for one cell mask (H×W or 1×H×W): `boxes` 1×4 (x1, y1, x2, y2,
-    x2/y2 exclusive), `labels` [1], `masks` 1×H×W uint8. An empty mask gives zero objects."""
+    x2/y2 exclusive), `labels` [label], `masks` 1×H×W uint8. An empty mask gives zero objects."""
     mask = cell.reshape(cell.shape[-2:]) > 0.5
     ys, xs = torch.nonzero(mask, as_tuple=True)
     if len(xs) == 0:
@@ -35,7 +35,7 @@ def target_from_mask(cell: Tensor) -> dict[str, Tensor]:
             "masks": torch.zeros((0, *mask.shape), dtype=torch.uint8),
         }
     box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-    return {"boxes": box[None], "labels": torch.ones(1, dtype=torch.int64), "masks": mask[None].to(torch.uint8)}
+    return {"boxes": box[None], "labels": torch.tensor([label], dtype=torch.int64), "masks": mask[None].to(torch.uint8)}
 
 
 def pseudo_masks(crops: CropDataset, segmenter: StainSegmenter | None = None) -> np.ndarray:
@@ -54,14 +54,18 @@ class SegmentationDataset(Dataset):
 
     `packed_masks` (from `pseudo_masks`) replaces the source's masks when given; otherwise the crops
     must carry true masks. `augment` flips and rotates by multiples of 90°: a smear has no up or left.
+    `cell_types`: the target's label is the crop's class + 1 (see `CELL_TYPE_NAMES`), else 1 ("a cell").
     """
 
-    def __init__(self, crops: CropDataset, packed_masks: np.ndarray | None = None, augment: bool = False):
+    def __init__(
+        self, crops: CropDataset, packed_masks: np.ndarray | None = None, augment: bool = False, cell_types: bool = False
+    ):
         if packed_masks is None and not crops.has_masks:
             raise InputError("this source has no masks: train on pseudo-masks (targets: pseudo or auto)")
         self.crops = crops
         self.packed_masks = packed_masks
         self.augment = augment
+        self.cell_types = cell_types
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -76,7 +80,8 @@ class SegmentationDataset(Dataset):
             cell = torch.from_numpy(np.unpackbits(self.packed_masks[i], axis=-1, count=side).astype(np.float32))
         if self.augment:
             image, cell = _flip_and_turn(image, cell)
-        return {"image": image, "target": target_from_mask(cell), "index": item["index"]}
+        label = int(item["label"]) + 1 if self.cell_types else 1
+        return {"image": image, "target": target_from_mask(cell, label), "index": item["index"]}
 
 
 def _flip_and_turn(image: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,6 +107,7 @@ class SegmentationDataModule(SplitDataModule):
     targets: `true` uses the source's masks, `pseudo` the classical segmenter's, `auto` the first that
     exists. Crops whose pseudo-mask is empty (no nucleus found) are left out of training and counted
     in `self.without_target`; unreadable images are left out (or stop the run) by `bad_files`.
+    `cell_types` is the model's (`train_segmentation` passes `model.cell_types` on).
     """
 
     collate_fn = staticmethod(collate_detection)
@@ -117,6 +123,7 @@ class SegmentationDataModule(SplitDataModule):
         seed: int = 0,
         unknown: str = "skip",
         bad_files: str = "skip",
+        cell_types: bool = False,
     ):
         super().__init__()
         if targets not in TARGET_KINDS:
@@ -149,5 +156,8 @@ class SegmentationDataModule(SplitDataModule):
                 continue
             rows = [position[index] for index in part.index]
             self.datasets[name] = SegmentationDataset(
-                CropDataset(part, hp.input_size), None if packed is None else packed[rows], augment=name == "train"
+                CropDataset(part, hp.input_size),
+                None if packed is None else packed[rows],
+                augment=name == "train",
+                cell_types=hp.cell_types,
             )
