@@ -214,6 +214,17 @@ def test_cell_type_detector_learns_the_crops_labels(world):
         optimizer.step()
         losses.append(float(loss))
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    # one detection per proposal, scored as "a cell" (1 − P(background)), labelled by its likeliest type
+    module.model.eval()
+    with torch.inference_mode():
+        found = module.model.roi_heads.postprocess_detections(
+            torch.tensor([[0.0, 0.5, 0.4, *[0.0] * 11], [3.0, 0.0, 0.0, *[0.0] * 11]]),
+            torch.zeros(2, 4 * (len(CLASSES) + 1)),
+            [torch.tensor([[10.0, 10, 40, 40], [12.0, 12, 40, 40]])],
+            [(64, 64)],
+        )
+    boxes, scores, labels = (part[0] for part in found)
+    assert labels.tolist() == [1] and scores.tolist() == pytest.approx([1 - 1 / (12 + math.exp(0.5) + math.exp(0.4))])  # the second: suppressed by NMS
 
 
 def test_local_weights_are_loaded_and_recorded(tmp_path):

@@ -24,6 +24,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint, rebuild, saved_hparams
@@ -87,7 +89,7 @@ def build_maskrcnn(
     sizes = tuple((max(4, round(input_size / 2**k)),) for k in (4, 3, 2, 1, 0))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     classes = len(CELL_TYPE_NAMES if cell_types else CLASS_NAMES)
-    return MaskRCNN(
+    model = MaskRCNN(
         body,
         num_classes=None,  # the predictors below fix it
         min_size=input_size,
@@ -103,6 +105,37 @@ def build_maskrcnn(
         mask_head=MaskRCNNHeads(body.out_channels, list(mask_head), dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_head[-1], mask_head[-1], classes),
     )
+    if cell_types:
+        model.roi_heads.__class__ = CellTypeRoIHeads  # the same heads; only their detections are read differently
+    return model
+
+
+class CellTypeRoIHeads(RoIHeads):
+    """RoI heads whose detections are cells, each named by its most likely type.
+
+    torchvision makes one detection per proposal and class, scored by that class's probability: with
+    13 cell types an uncertain cell scores below any threshold in every class and is never found.
+    Here each proposal gives one detection scored 1 − P(background) ("a cell is here"), with the box
+    and label of its most likely type (the mask head draws that type's mask); NMS ignores the type.
+    """
+
+    def postprocess_detections(
+        self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        probabilities = class_logits.softmax(-1)
+        labels = probabilities[:, 1:].argmax(1) + 1
+        rows = torch.arange(len(labels), device=labels.device)
+        boxes = self.box_coder.decode(box_regression, proposals)[rows, labels]
+        found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+        per_image = [len(p) for p in proposals]
+        for box, score, label, shape in zip(boxes.split(per_image), (1 - probabilities[:, 0]).split(per_image), labels.split(per_image), image_shapes):
+            box = box_ops.clip_boxes_to_image(box, shape)
+            keep = (score > self.score_thresh).nonzero().flatten()
+            keep = keep[box_ops.remove_small_boxes(box[keep], min_size=1e-2)]
+            keep = keep[box_ops.nms(box[keep], score[keep], self.nms_thresh)][: self.detections_per_img]
+            for collected, value in zip(found, (box, score, label)):
+                collected.append(value[keep])
+        return found
 
 
 def load_weights(model: MaskRCNN, path: str | os.PathLike) -> dict[str, Any]:
