@@ -16,7 +16,7 @@ from wbcvae.data.images import read_manifest
 from wbcvae.data.synthetic.world import write_world
 from wbcvae.errors import InputError
 from wbcvae.segmentation.classical import StainSegmenter, mask_box
-from wbcvae.segmentation.maskrcnn import MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
+from wbcvae.segmentation.maskrcnn import CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
 from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
 from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
@@ -225,6 +225,15 @@ def test_cell_type_detector_learns_the_crops_labels(world):
         )
     boxes, scores, labels = (part[0] for part in found)
     assert labels.tolist() == [1] and scores.tolist() == pytest.approx([1 - 1 / (12 + math.exp(0.5) + math.exp(0.4))])  # the second: suppressed by NMS
+
+
+def test_cell_type_detector_trains_from_the_config_and_reloads(world, tmp_path):
+    config = tiny_config(world, tmp_path / "run", max_steps=2, check_val_every_n_epoch=1000, num_sanity_val_steps=0, max_time="null")
+    config["model"].update(input_size=64, warmup_steps=1, cell_types=True)
+    config["data"]["cell_types"] = False  # the model's setting wins: its targets must carry types
+    module = load_maskrcnn(train_segmentation(config))
+    assert module.hparams.cell_types and isinstance(module.model.roi_heads, CellTypeRoIHeads)
+    assert module.model.roi_heads.box_predictor.cls_score.out_features == len(CLASSES) + 1
 
 
 def test_local_weights_are_loaded_and_recorded(tmp_path):
