@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import yaml
@@ -97,16 +99,19 @@ def test_masked_ssim_is_one_for_identical_cells_and_ignores_pixels_outside_the_m
 
 
 def test_every_loss_term_is_finite_and_weighted_from_the_config():
-    plan = ImageVAEPlan(**TINY, image_channels=16, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0)
+    plan = ImageVAEPlan(
+        **TINY, image_channels=16, colour_bins=8, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0, colour_profile_weight=5.0
+    )
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
-        "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd"
-    }
+        "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd",
+        "colour_profile_mse",
+    }  # fmt: skip
     assert all(torch.isfinite(value) for value in terms.values())
     expected = (
         terms["features_mse"] + 100 * terms["image_mse"] + plan.beta() * terms["kl"]
         + 2 * terms["image_ssim_loss"] + 3 * terms["image_gradient_l1"]
-        + 0.5 * (terms["mask_bce"] + terms["mask_dice_loss"]) + 4 * terms["image_colour_emd"]
+        + 0.5 * (terms["mask_bce"] + terms["mask_dice_loss"]) + 4 * terms["image_colour_emd"] + 5 * terms["colour_profile_mse"]
     )
     assert torch.allclose(loss, expected)
     assert outputs["mask_logits"].shape == (6, 1, 32, 32)
@@ -215,10 +220,45 @@ def test_an_encoder_that_reads_colours_needs_them_and_its_plan_learns_with_them(
     assert history[-1]["loss"] < 0.7 * history[0]["loss"] and history[-1]["image_colour_emd"] < history[0]["image_colour_emd"]
 
 
+def test_the_latent_gives_the_colour_profile_back_when_asked():
+    """`colour_profile_weight`: z = μ decodes to the standardised colour profile better as it learns,
+    and the term is 0 (logged, not failing) for a model that reads no colours."""
+    torch.manual_seed(0)
+    batch = crops(6)
+    plan = ImageVAEPlan(**TINY, image_channels=16, colour_bins=8, colour_profile_weight=10.0, lr=3e-3)
+    profiles = colour_profile(batch["target"], batch["mask"], 8)
+    plan.vae.set_colour_statistics(profiles.mean(0), profiles.std(0))  # what training fits first
+
+    def profile_error() -> float:
+        plan.eval()
+        with torch.no_grad():
+            error = plan.total_loss(batch)[1]["colour_profile_mse"].item()
+        plan.train()
+        return error
+
+    first = profile_error()
+    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
+    for _ in range(40):
+        loss, _, _ = plan.total_loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert math.isfinite(first) and profile_error() < 0.7 * first
+    _, terms, _ = ImageVAEPlan(**TINY, image_channels=16).total_loss(batch)
+    assert terms["colour_profile_mse"].item() == 0.0
+
+
 def test_a_checkpoint_from_before_the_colour_profile_loads():
     vae = ImageVAE(**TINY)
-    old = {k: v for k, v in vae.state_dict().items() if not k.startswith("colour_")}
+    old = {k: v for k, v in vae.state_dict().items() if not k.startswith("colour_")}  # no colour statistics
     fresh = ImageVAE(**TINY)
     fresh.load_state_dict(old)
-    features = crops(2)["features"]
-    torch.testing.assert_close(fresh.encode(features)[0], vae.encode(features)[0])
+    batch = crops(2)
+    torch.testing.assert_close(fresh.encode(batch["features"])[0], vae.encode(batch["features"])[0])
+    # one that reads colours, from before the colour decoder: it loads and keeps the fresh decoder
+    reader = ImageVAE(**TINY, colour_bins=8)
+    old = {k: v for k, v in reader.state_dict().items() if not k.startswith("colour_decoder.")}
+    again = ImageVAE(**TINY, colour_bins=8)
+    again.load_state_dict(old)
+    colour = colour_profile(batch["target"], batch["mask"], 8)
+    torch.testing.assert_close(again.encode(batch["features"], colour)[0], reader.encode(batch["features"], colour)[0])

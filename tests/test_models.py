@@ -23,7 +23,7 @@ def test_image_vae_paper_shapes(image_decoder):
     assert image_hat.shape == (2, 3, 128, 128)
     assert mask_logits.shape == (2, 1, 128, 128)
     assert 0 <= image_hat.min() and image_hat.max() <= 1
-    assert set(vae(h)) == {"mu", "logvar", "z", "h_hat", "image_hat", "mask_logits"}
+    assert set(vae(h)) == {"mu", "logvar", "z", "h_hat", "image_hat", "mask_logits"}  # and `colour_hat` when it reads colours
 
 
 def test_image_vae_works_in_standardised_feature_units():

@@ -100,11 +100,17 @@ class MaskHead(nn.Module):
         return self.resize @ self.body(h) @ self.resize.T + self.prior_logits
 
 
-def _no_colour_in_old_checkpoints(state_dict: dict, prefix: str, *args) -> None:
-    """A checkpoint from before the colour profile existed reads h alone: it loads with empty colour statistics."""
-    if f"{prefix}to_mu.weight" in state_dict and f"{prefix}colour_mean" not in state_dict:
+def _no_colour_in_old_checkpoints(module: ImageVAE, state_dict: dict, prefix: str, *args) -> None:
+    """A checkpoint from before the colour profile existed reads h alone: it loads with empty colour statistics.
+    One from before the colour decoder keeps this model's freshly initialised one (nothing trained it)."""
+    if f"{prefix}to_mu.weight" not in state_dict:
+        return
+    if f"{prefix}colour_mean" not in state_dict:
         state_dict[f"{prefix}colour_mean"] = torch.zeros(0)
         state_dict[f"{prefix}colour_std"] = torch.ones(0)
+    if module.colour_decoder is not None:
+        for name, tensor in module.colour_decoder.state_dict().items():
+            state_dict.setdefault(f"{prefix}colour_decoder.{name}", tensor.detach().clone())
 
 
 class ImageVAE(nn.Module):
@@ -166,9 +172,11 @@ class ImageVAE(nn.Module):
         self.colour_dim = 3 * colour_bins + 1 if colour_bins else 0
         self.register_buffer("colour_mean", torch.zeros(self.colour_dim))
         self.register_buffer("colour_std", torch.ones(self.colour_dim))
-        self._register_load_state_dict_pre_hook(_no_colour_in_old_checkpoints)
         self.to_mu = nn.Linear(flat + self.colour_dim, latent_dim)
         self.to_logvar = nn.Linear(flat + self.colour_dim, latent_dim)
+        # ... and z gives it back (`colour_hat`, standardised): a term on it keeps the colours in the latent.
+        self.colour_decoder = nn.Linear(latent_dim, self.colour_dim) if self.colour_dim else None
+        self._register_load_state_dict_pre_hook(_no_colour_in_old_checkpoints, with_module=True)
 
         self.from_latent = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU())
         self.feature_decoder = nn.Sequential(
@@ -199,6 +207,10 @@ class ImageVAE(nn.Module):
         self.colour_mean.copy_(mean)
         self.colour_std.copy_(std.clamp_min(1e-6))
 
+    def standardise_colour(self, colour: torch.Tensor) -> torch.Tensor:
+        """Colour profiles in the units the encoder reads and `colour_hat` gives back."""
+        return (colour - self.colour_mean) / self.colour_std
+
     def encode(self, h: torch.Tensor, colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ² of q(z | h) for a batch of feature maps B×C×F×F, and of the crops' colour profiles
         (B×colour_dim, `colour_profile`) when the model reads them."""
@@ -206,7 +218,7 @@ class ImageVAE(nn.Module):
         if self.colour_dim:
             if colour is None:
                 raise InputError(f"this image β-VAE reads each crop's colour profile ({self.colour_bins} bins) beside h; none was given")
-            hidden = torch.cat([hidden, (colour - self.colour_mean) / self.colour_std], 1)
+            hidden = torch.cat([hidden, self.standardise_colour(colour)], 1)
         return self.to_mu(hidden), self.to_logvar(hidden).clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,4 +239,7 @@ class ImageVAE(nn.Module):
         mu, logvar = self.encode(h, colour)
         z = reparameterise(mu, logvar) if (self.training if sample is None else sample) else mu
         h_hat, image_hat, mask_logits = self.decode(z)
-        return {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat, "mask_logits": mask_logits}
+        outputs = {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat, "mask_logits": mask_logits}
+        if self.colour_decoder is not None:
+            outputs["colour_hat"] = self.colour_decoder(z)  # B×colour_dim, standardised
+        return outputs

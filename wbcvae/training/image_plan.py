@@ -29,7 +29,8 @@ class ImageVAEPlan(VAEPlan):
     from losing to the background); `colour_weight`·the earth mover's distance between the colour
     histograms of m·Î and m·I keeps the cell's colours (blue cytoplasm, pink granules) that pixel MSE
     averages away. With `colour_bins` the encoder reads the crop's colour profile beside h
-    (`encoder_inputs`). Every term is computed and logged whatever its weight (a weight of 0 turns a
+    (`encoder_inputs`) and `colour_profile_weight`·MSE asks z to give that profile back (standardised;
+    0 for a model that reads no colours), so the latent keeps what tells the classes' colours apart. Every term is computed and logged whatever its weight (a weight of 0 turns a
     term into a metric), so runs with different objectives compare on one scale.
     """
 
@@ -53,6 +54,7 @@ class ImageVAEPlan(VAEPlan):
         gradient_weight: float = 0.0,
         mask_weight: float = 1.0,
         colour_weight: float = 0.0,
+        colour_profile_weight: float = 0.0,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -110,7 +112,8 @@ class ImageVAEPlan(VAEPlan):
         return {"colour": colour_profile(batch["target"].to(self.device), batch["mask"].to(self.device), self.vae.colour_bins)}
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float], Outputs]:
-        outputs = self.vae(batch[self.input_key], **self.encoder_inputs(batch))
+        inputs = self.encoder_inputs(batch)
+        outputs = self.vae(batch[self.input_key], **inputs)
         image_hat, target, mask = outputs["image_hat"], batch["target"], batch["mask"]
         terms = {
             "features_mse": F.mse_loss(self.vae.standardise(outputs["h_hat"]), self.vae.standardise(batch["features"])),
@@ -121,6 +124,9 @@ class ImageVAEPlan(VAEPlan):
             "mask_bce": F.binary_cross_entropy_with_logits(outputs["mask_logits"], mask),
             "mask_dice_loss": soft_dice_loss(outputs["mask_logits"], mask),
             "image_colour_emd": colour_distance(image_hat, target, mask, self.hparams.colour_bins or COLOUR_BINS),
+            "colour_profile_mse": (
+                F.mse_loss(outputs["colour_hat"], self.vae.standardise_colour(inputs["colour"])) if inputs else image_hat.new_zeros(())
+            ),
         }
         hp = self.hparams
         weights = {
@@ -132,5 +138,6 @@ class ImageVAEPlan(VAEPlan):
             "mask_bce": hp.mask_weight,
             "mask_dice_loss": hp.mask_weight,
             "image_colour_emd": hp.colour_weight,
+            "colour_profile_mse": hp.colour_profile_weight,
         }
         return terms, weights, outputs
