@@ -115,14 +115,17 @@ pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
 # Real crops at a useful scale: Mask R-CNN on pbc_train's pseudo-masks, the features of pbc_train and pbc_sample,
 # the image β-VAE on pbc_train (its own validation split), tested on pbc_sample, a source it never saw. About an
 # hour on 2 CPU cores; the paper-scale GPU training is experiments/image_vae/pbc_train_gpu.yaml.
+# A variant in a folder of its own: make pbc-train PBC_RUN=runs/pbc_types SEGMENT_ARGS="--set model.cell_types=true"
 PBC_RUN := runs/pbc_train
+SEGMENT_ARGS :=
 $(PBC_RUN)/segment/maskrcnn.ckpt: | setup
-	$(WBCVAE) segment train --source $(PBC_TRAIN) --out $(PBC_RUN)/segment $(SEGMENT_PSEUDO)
+	$(WBCVAE) segment train --source $(PBC_TRAIN) --out $(PBC_RUN)/segment $(SEGMENT_PSEUDO) $(SEGMENT_ARGS)
 
 pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 	$(WBCVAE) features $(PBC_TRAIN) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_train
 	$(WBCVAE) features $(PBC) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_sample
-	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_train.yaml --wandb false $(ARGS)
+	$(WBCVAE) train image --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_train.yaml --wandb false \
+	  --data.init_args.store_dir $(PBC_RUN)/features/pbc_train --trainer.default_root_dir $(PBC_RUN) $(ARGS)
 	$(PY) bench/vae_quality.py "$(call latest,$(PBC_RUN)/image_vae)" --test-store $(PBC_RUN)/features/pbc_sample \
 	  --out $(PBC_RUN)/quality --figure $(PBC_RUN)/quality/reconstructions.png
 
