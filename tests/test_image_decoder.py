@@ -36,6 +36,15 @@ def crops(n: int = 6, size: int = 32, seed: int = 0, cell_radius: float = 1 / 3)
     return {"features": features, "target": torch.stack(targets), "mask": masks, "label": torch.arange(n)}
 
 
+def fit(plan: ImageVAEPlan, batch: dict, steps: int) -> None:
+    """`steps` of Adam at the plan's learning rate on one batch."""
+    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
+    for _ in range(steps):
+        loss, _, _ = plan.total_loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
 def test_residual_decoder_and_mask_head_shapes():
     vae = ImageVAE(**TINY, image_decoder="residual", image_channels=16)
     h_hat, image_hat, mask_logits = vae.decode(torch.randn(3, 4))
@@ -151,12 +160,7 @@ def test_the_predicted_mask_covers_the_cell_within_a_few_dozen_steps(image_decod
     batch = crops(8, seed=1, cell_radius=1 / 6)  # ~9 % of the pixels
     plan = ImageVAEPlan(**TINY, image_decoder=image_decoder, image_channels=16)
     plan.vae.mask_head.set_prior(batch["mask"].mean(0))
-    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
-    for _ in range(30):
-        loss, _, _ = plan.total_loss(batch)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    fit(plan, batch, steps=30)
     with torch.no_grad():
         assert mask_iou(plan.vae(batch["features"], sample=False)["mask_logits"], batch["mask"]) > 0.5
 
@@ -237,12 +241,7 @@ def test_the_latent_gives_the_colour_profile_back_when_asked():
         return error
 
     first = profile_error()
-    optimiser = torch.optim.Adam(plan.parameters(), lr=plan.hparams.lr)
-    for _ in range(40):
-        loss, _, _ = plan.total_loss(batch)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    fit(plan, batch, steps=40)
     assert math.isfinite(first) and profile_error() < 0.7 * first
     _, terms, _ = ImageVAEPlan(**TINY, image_channels=16).total_loss(batch)
     assert terms["colour_profile_mse"].item() == 0.0
