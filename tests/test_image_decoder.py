@@ -109,8 +109,9 @@ def test_masked_ssim_is_one_for_identical_cells_and_ignores_pixels_outside_the_m
 
 def test_every_loss_term_is_finite_and_weighted_from_the_config():
     plan = ImageVAEPlan(
-        **TINY, image_channels=16, colour_bins=8, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0, colour_profile_weight=5.0
-    )
+        **TINY, image_channels=16, colour_bins=8, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0,
+        colour_profile_weight=5.0,
+    )  # fmt: skip
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
         "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd",

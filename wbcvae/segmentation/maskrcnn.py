@@ -128,7 +128,8 @@ class CellTypeRoIHeads(RoIHeads):
         boxes = self.box_coder.decode(box_regression, proposals)[rows, labels]
         found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
         per_image = [len(p) for p in proposals]
-        for box, score, label, shape in zip(boxes.split(per_image), (1 - probabilities[:, 0]).split(per_image), labels.split(per_image), image_shapes):
+        scores = 1 - probabilities[:, 0]
+        for box, score, label, shape in zip(boxes.split(per_image), scores.split(per_image), labels.split(per_image), image_shapes):
             box = box_ops.clip_boxes_to_image(box, shape)
             keep = (score > self.score_thresh).nonzero().flatten()
             keep = keep[box_ops.remove_small_boxes(box[keep], min_size=1e-2)]

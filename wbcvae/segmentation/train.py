@@ -59,7 +59,8 @@ def train_segmentation(config: dict[str, Any]) -> Path:
     model_args = dict(config.get("model", {}))
     module = _build(MaskRCNNModule, model_args, "model")
     # The targets' labels follow the model's classes (`model.cell_types`), whatever the data section says.
-    data_args = {"input_size": module.hparams.input_size, **config.get("data", {}), "cell_types": module.hparams.cell_types}
+    data_args = {"input_size": module.hparams.input_size, **config.get("data", {})}
+    data_args["cell_types"] = module.hparams.cell_types
     data = _build(SegmentationDataModule, {"source": config["source"], **data_args}, "data")
     logger_args = {"wandb": False, "project": "wbcvae", **config.get("logger", {})}
     loggers = _build(partial(build_loggers, out, "logs"), logger_args, "logger")

@@ -30,8 +30,9 @@ class ImageVAEPlan(VAEPlan):
     histograms of m·Î and m·I keeps the cell's colours (blue cytoplasm, pink granules) that pixel MSE
     averages away. With `colour_bins` the encoder reads the crop's colour profile beside h
     (`encoder_inputs`) and `colour_profile_weight`·MSE asks z to give that profile back (standardised;
-    0 for a model that reads no colours), so the latent keeps what tells the classes' colours apart. Every term is computed and logged whatever its weight (a weight of 0 turns a
-    term into a metric), so runs with different objectives compare on one scale.
+    0 for a model that reads no colours), so the latent keeps what tells the classes' colours apart.
+    Every term is computed and logged whatever its weight (a weight of 0 turns a term into a metric),
+    so runs with different objectives compare on one scale.
     """
 
     kind = "image"
