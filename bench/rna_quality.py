@@ -17,9 +17,10 @@ rebuilt DataModule (the test split; `vae_quality.held_out_loader`):
   counts are split at random into two halves, A and B, two independent draws of the same cell. Every
   reconstruction sees A and is scored against B's log-normalised expression ("nb": the expected value under
   NB(library_B · ρ, θ); "mse": its decoded log values, at the training depth, having no depth to adjust;
-  PCA-50 and the mean fitted to the training cells' A halves, at the depth they reconstruct). The plain MSE lets a code score by copying its input's sampling noise: PCA-50 keeps each
-  held-out cell's noise along its 50 axes, which the truth then shares. Here that noise is B's own, so the
-  measure scores what a trajectory decodes, the cell's expression.
+  PCA-50 and the mean fitted to the training cells' A halves, at the depth they reconstruct). The plain MSE
+  lets a code score by copying its input's sampling noise: PCA-50 keeps each held-out cell's noise along its
+  50 axes, which the truth then shares. Here that noise is B's own, so the measure scores what a trajectory
+  decodes, the cell's expression.
 
     python bench/rna_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] [--out runs/quality/rna] [--split-seed 0]
 """

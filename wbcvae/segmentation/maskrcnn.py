@@ -126,17 +126,18 @@ class CellTypeRoIHeads(RoIHeads):
         labels = probabilities[:, 1:].argmax(1) + 1
         rows = torch.arange(len(labels), device=labels.device)
         boxes = self.box_coder.decode(box_regression, proposals)[rows, labels]
-        found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
-        per_image = [len(p) for p in proposals]
         scores = 1 - probabilities[:, 0]
+        per_image = [len(p) for p in proposals]
+        kept_boxes, kept_scores, kept_labels = [], [], []
         for box, score, label, shape in zip(boxes.split(per_image), scores.split(per_image), labels.split(per_image), image_shapes):
             box = box_ops.clip_boxes_to_image(box, shape)
             keep = (score > self.score_thresh).nonzero().flatten()
             keep = keep[box_ops.remove_small_boxes(box[keep], min_size=1e-2)]
             keep = keep[box_ops.nms(box[keep], score[keep], self.nms_thresh)][: self.detections_per_img]
-            for collected, value in zip(found, (box, score, label)):
-                collected.append(value[keep])
-        return found
+            kept_boxes.append(box[keep])
+            kept_scores.append(score[keep])
+            kept_labels.append(label[keep])
+        return kept_boxes, kept_scores, kept_labels
 
 
 def load_weights(model: MaskRCNN, path: str | os.PathLike) -> dict[str, Any]:
