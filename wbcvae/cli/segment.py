@@ -22,6 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.set_defaults(run=_train)
 
+    pretrain = sub.add_parser(
+        "pretrain", help="train a ResNet to name the crops' cell types; its weights start Mask R-CNN (model.weights)"
+    )
+    pretrain.add_argument("source", type=Path, help="labelled image source to train on (a 90 / 10 split of its own)")
+    pretrain.add_argument("--out", type=Path, required=True, help="weights file to write (.pth; scores go beside it, .json)")
+    pretrain.add_argument("--test", type=Path, help="a labelled source never trained on, to score the classifier on")
+    pretrain.add_argument("--backbone", default="resnet18", help="torchvision ResNet (the detector's `model.backbone`)")
+    pretrain.add_argument("--input-size", type=int, default=128, help="crop side in pixels (the detector's `model.input_size`)")
+    pretrain.add_argument("--epochs", type=int, default=15)
+    pretrain.add_argument("--batch-size", type=int, default=32)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--accelerator", default="auto")
+    pretrain.set_defaults(run=_pretrain)
+
     show = sub.add_parser("show", help="PNG of crops of different classes with pseudo-masks and Mask R-CNN masks")
     show.add_argument("source", type=Path, help="any image source")
     show.add_argument("--checkpoint", type=Path, help="Mask R-CNN checkpoint (omit to draw pseudo-masks only)")
@@ -40,6 +55,17 @@ def _train(args: argparse.Namespace) -> None:
     if args.out is not None:
         config["out"] = str(args.out)
     train_segmentation(config)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from wbcvae.segmentation.pretrain import pretrain_backbone
+
+    scores = pretrain_backbone(
+        args.source, args.out, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, test_source=args.test, accelerator=args.accelerator,
+    )
+    tested = f", test accuracy {scores['test_accuracy']:.3f} on {args.test}" if "test_accuracy" in scores else ""
+    print(f"wrote {args.out}: validation accuracy {scores['val_accuracy']:.3f}{tested}, {scores['train_seconds']:.0f} s")
 
 
 def _show(args: argparse.Namespace) -> None:
