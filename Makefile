@@ -15,7 +15,7 @@ DEMO_DIR ?= demo
 # Quiet pip's notes about the machine's empty local indexes; real errors still fail the target.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help setup lock test test-all demo kinetics-world train-image train-rna segment features align trajectory bench quality pbc-quality pbc-train align-real readme-figures clean
+.PHONY: help setup lock test test-all demo kinetics-world train-image train-rna segment features align trajectory bench quality pbc-quality pbc-train pbc-pretrained align-real readme-figures clean
 
 help:
 	@echo "make demo    - set up, then run the whole pipeline on the embedded synthetic world"
@@ -27,6 +27,7 @@ help:
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on one source, SOURCE=$(SHARED_DATA)/pbc_sample (segment, features, train)"
 	@echo "make pbc-train    - image β-VAE on the 3,000 pbc_train crops, tested on pbc_sample (about an hour on 2 CPU cores)"
+	@echo "make pbc-pretrained - the same, Mask R-CNN started from a ResNet pretrained on pbc_train's cell types"
 	@echo "make align-real   - align the pbc-train image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
@@ -128,6 +129,17 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 	  --data.init_args.store_dir $(PBC_RUN)/features/pbc_train --trainer.default_root_dir $(PBC_RUN) $(ARGS)
 	$(PY) bench/vae_quality.py "$(call latest,$(PBC_RUN)/image_vae)" --test-store $(PBC_RUN)/features/pbc_sample \
 	  --out $(PBC_RUN)/quality --figure $(PBC_RUN)/quality/reconstructions.png
+
+# The same with Mask R-CNN started from a ResNet that first learnt to name pbc_train's labelled cell types
+# (`wbcvae segment pretrain`, random init, nothing downloaded; its body then stays frozen): make pbc-pretrained
+PRETRAINED_RUN := runs/pbc_pretrained
+PRETRAINED_WEIGHTS := $(PRETRAINED_RUN)/backbone/resnet18.pth
+$(PRETRAINED_WEIGHTS): | setup
+	$(WBCVAE) segment pretrain $(PBC_TRAIN) --out $@ --test $(PBC)
+
+pbc-pretrained: $(PRETRAINED_WEIGHTS)
+	$(MAKE) pbc-train PBC_RUN=$(PRETRAINED_RUN) \
+	  SEGMENT_ARGS="--set model.weights=$(PRETRAINED_WEIGHTS) --set model.norm=frozen --set model.trainable_layers=0"
 
 # Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
 align-real: setup

@@ -19,6 +19,7 @@ from wbcvae.segmentation.classical import StainSegmenter, mask_box
 from wbcvae.segmentation.maskrcnn import CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
 from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
+from wbcvae.segmentation.pretrain import CropClassifier, flip_and_turn, pretrain_backbone
 from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
 from wbcvae.segmentation.train import load_config, train_segmentation
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES
@@ -263,6 +264,49 @@ def test_local_weights_are_loaded_and_recorded(tmp_path):
     (tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(InputError, match="junk.pth"):
         load_weights(fresh, tmp_path / "junk.pth")
+
+
+def test_flip_and_turn_gives_each_crop_one_of_its_eight_symmetries():
+    torch.manual_seed(0)
+    images = torch.rand(16, 3, 8, 8)
+    moved = flip_and_turn(images)
+    for image, out in zip(images, moved):
+        symmetries = [torch.rot90(view, k, dims=(-2, -1)) for view in (image, image.flip(-1)) for k in range(4)]
+        assert any(torch.equal(out, candidate) for candidate in symmetries)
+    assert not torch.equal(moved, images)
+
+
+def test_crop_classifier_learns_a_batch_and_its_weights_start_the_detector(world, tmp_path):
+    """`segment pretrain`: the classifier's loss falls on a handful of crops; the weights file it writes
+    fills Mask R-CNN's backbone body (its `fc` skipped) with the scores beside it."""
+    torch.manual_seed(0)
+    crops = CropDataset(read_manifest(world).frame.iloc[::4], 64)
+    batch = {key: torch.stack([crops[i][key] for i in range(len(crops))]) for key in ("image", "label")}
+    classifier = CropClassifier("resnet18", augment=False)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(classifier(batch["image"]), batch["label"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.5 * losses[0]
+
+    weights = tmp_path / "backbone" / "resnet18.pth"
+    scores = pretrain_backbone(
+        world, weights, input_size=64, epochs=1, batch_size=16, val_fraction=0.25, test_source=world, accelerator="cpu"
+    )
+    assert json.loads(weights.with_suffix(".json").read_text()) == scores
+    assert 0 <= scores["val_accuracy"] <= 1 and 0 <= scores["test_accuracy"] <= 1 and scores["train_crops"] > 0
+    module = MaskRCNNModule(backbone="resnet18", input_size=64, mask_head=(32,), weights=str(weights), norm="frozen", trainable_layers=0)
+    skipped = module.init["skipped_tensors"]  # frozen batch norm keeps no batch count
+    assert {"backbone.body.fc.bias", "backbone.body.fc.weight"} <= set(skipped)
+    assert all(key.startswith("backbone.body.fc.") or key.endswith("num_batches_tracked") for key in skipped)
+    saved = torch.load(weights, weights_only=True)
+    assert torch.equal(module.model.state_dict()["backbone.body.layer4.1.conv2.weight"], saved["layer4.1.conv2.weight"])
+    with pytest.raises(InputError, match="must end in .pth"):
+        pretrain_backbone(world, tmp_path / "weights.pt")
 
 
 def tiny_config(world: Path, out: Path, **trainer) -> dict:

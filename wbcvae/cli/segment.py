@@ -64,8 +64,8 @@ def _pretrain(args: argparse.Namespace) -> None:
         args.source, args.out, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, test_source=args.test, accelerator=args.accelerator,
     )
-    tested = f", test accuracy {scores['test_accuracy']:.3f} on {args.test}" if "test_accuracy" in scores else ""
-    print(f"wrote {args.out}: validation accuracy {scores['val_accuracy']:.3f}{tested}, {scores['train_seconds']:.0f} s")
+    scored = [f"{name} accuracy {scores[f'{name}_accuracy']:.3f}" for name in ("val", "test") if f"{name}_accuracy" in scores]
+    print(f"wrote {args.out} ({', '.join(scored) or 'no held-out crops'}) in {scores['train_seconds']:.0f} s")
 
 
 def _show(args: argparse.Namespace) -> None:

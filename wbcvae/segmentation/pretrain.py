@@ -85,16 +85,19 @@ def pretrain_backbone(
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    val_fraction: float = 0.1,
     test_source: str | os.PathLike | None = None,
     accelerator: str = "auto",
 ) -> dict[str, Any]:
-    """Train the classifier on `source` (a 90 / 10 split of its own), score it on `test_source` if given,
+    """Train the classifier on `source` (`val_fraction` of it held out for validation), score it on `test_source` if given,
     write the ResNet's state dict to `out` (.pth) and its scores to `out` with `.json`; return the scores."""
     out = Path(out)
     if out.suffix != ".pth":
         raise InputError(f"{out}: the weights file must end in .pth (it is what `model.weights` reads)")
     L.seed_everything(seed, workers=True)
-    data = CropDataModule(source, crop_size=input_size, batch_size=batch_size, fractions=(0.9, 0.1, 0.0), seed=seed)
+    data = CropDataModule(
+        source, crop_size=input_size, batch_size=batch_size, fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed
+    )
     module = CropClassifier(backbone, lr=lr)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
@@ -109,8 +112,9 @@ def pretrain_backbone(
         "epochs": epochs,
         "train_crops": len(data.datasets["train"]),
         "train_seconds": round(time.perf_counter() - started, 1),
-        "val_accuracy": trainer.validate(module, datamodule=data, verbose=False)[0]["val/accuracy"],
     }
+    if len(data.datasets["val"]):
+        scores["val_accuracy"] = trainer.validate(module, datamodule=data, verbose=False)[0]["val/accuracy"]
     if test_source is not None:
         test = CropDataset(read_manifest(test_source).frame, input_size)
         loader = torch.utils.data.DataLoader(test, batch_size=batch_size)
