@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from wbcvae.data.image_dataset import CropDataset, split_manifest
 from wbcvae.data.images import read_manifest
 from wbcvae.data.synthetic.world import write_world
 from wbcvae.errors import InputError
 from wbcvae.segmentation.classical import StainSegmenter, mask_box
-from wbcvae.segmentation.maskrcnn import CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
+from wbcvae.segmentation.maskrcnn import PIXEL_MEAN, PIXEL_STD, CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
 from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
-from wbcvae.segmentation.pretrain import CropClassifier, flip_and_turn, pretrain_backbone
+from wbcvae.segmentation.pretrain import CropClassifier, fit_to_detector_pixels, flip_and_turn, pretrain_backbone
 from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
 from wbcvae.segmentation.train import load_config, train_segmentation
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES
@@ -274,6 +275,24 @@ def test_flip_and_turn_gives_each_crop_one_of_its_eight_symmetries():
         symmetries = [torch.rot90(view, k, dims=(-2, -1)) for view in (image, image.flip(-1)) for k in range(4)]
         assert any(torch.equal(out, candidate) for candidate in symmetries)
     assert not torch.equal(moved, images)
+
+
+def test_classifier_weights_are_fitted_to_the_detectors_pixel_normalisation():
+    """The detector normalises pixels before its backbone; the classifier saw them in [0, 1]. Fitted, the
+    first layer gives the same output on normalised pixels (away from its zero padding at the edge)."""
+    torch.manual_seed(0)
+    trained = torchvision.models.resnet18(num_classes=len(CLASSES))
+    trained.bn1.running_mean.normal_()
+    trained.bn1.running_var.uniform_(0.5, 2.0)
+    fitted = torchvision.models.resnet18(num_classes=len(CLASSES))
+    fitted.load_state_dict(fit_to_detector_pixels(trained.state_dict()))
+    pixels = torch.rand(2, 3, 32, 32)
+    normalised = (pixels - torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        first = trained.eval().bn1(trained.conv1(pixels))
+        again = fitted.eval().bn1(fitted.conv1(normalised))
+    torch.testing.assert_close(again[..., 2:-2, 2:-2], first[..., 2:-2, 2:-2], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(again, first, atol=1e-4)  # the edge differs: the pad is the mean colour there
 
 
 def test_crop_classifier_learns_a_batch_and_its_weights_start_the_detector(world, tmp_path):

@@ -44,6 +44,10 @@ NORMS = {
     "group": partial(nn.GroupNorm, 32),
 }
 OPTIMIZERS = ("adamw", "sgd")
+# The detector normalises each crop's pixels (in [0, 1]) by these before its backbone: torchvision's ImageNet
+# defaults, named here so a backbone trained elsewhere (`segmentation.pretrain`) can be fitted to them.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -94,6 +98,8 @@ def build_maskrcnn(
         num_classes=None,  # the predictors below fix it
         min_size=input_size,
         max_size=input_size,
+        image_mean=list(PIXEL_MEAN),
+        image_std=list(PIXEL_STD),
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=4 * proposals,
         rpn_pre_nms_top_n_test=2 * proposals,

@@ -3,8 +3,9 @@ become the detector's starting point (`model.weights`), so the RoIAlign features
 types apart before the detector learns where the cell is.
 
 Nothing is downloaded: the network starts from random weights and sees only the source's own crops and
-labels. It writes a torchvision ResNet state dict (`load_weights` puts its layers into the backbone body;
-its `fc` fits nothing and is skipped) and, beside it, a JSON of what it scored.
+labels. It writes a torchvision ResNet state dict, fitted to the detector's pixel normalisation
+(`fit_to_detector_pixels`; `load_weights` puts its layers into the backbone body, its `fc` fits nothing and
+is skipped) and, beside it, a JSON of what it scored.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from wbcvae.data.image_dataset import CropDataModule, CropDataset
 from wbcvae.data.images import read_manifest
 from wbcvae.errors import InputError
-from wbcvae.segmentation.maskrcnn import BACKBONES
+from wbcvae.segmentation.maskrcnn import BACKBONES, PIXEL_MEAN, PIXEL_STD
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASSES
 
@@ -35,6 +36,24 @@ def flip_and_turn(images: Tensor) -> Tensor:
     flips = torch.rand(len(images), device=images.device) < 0.5
     stacked = torch.stack(turned)
     return torch.where(flips[:, None, None, None], stacked.flip(-1), stacked)
+
+
+def fit_to_detector_pixels(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ResNet state dict trained on pixels in [0, 1], rewritten for the detector's normalised pixels
+    x' = (x − PIXEL_MEAN) / PIXEL_STD, so the detector's backbone body computes what the classifier did.
+
+    conv1 is linear and bias-free: conv1(x) = (W · std) * x' + W * mean, so its weights are scaled per input
+    channel and the constant W * mean is taken off bn1's running mean. Exact except in conv1's zero padding
+    at the crop's edge (a pad of 0 in x' is the mean colour, not black).
+    """
+    weight = state["conv1.weight"]
+    mean = torch.tensor(PIXEL_MEAN, dtype=weight.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(PIXEL_STD, dtype=weight.dtype).view(1, -1, 1, 1)
+    return {
+        **state,
+        "conv1.weight": weight * std,
+        "bn1.running_mean": state["bn1.running_mean"] - (weight * mean).sum(dim=(1, 2, 3)),
+    }
 
 
 class CropClassifier(L.LightningModule):
@@ -122,7 +141,7 @@ def pretrain_backbone(
         scores["test_accuracy"] = trainer.test(module, dataloaders=loader, verbose=False)[0]["test/accuracy"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        torch.save(module.network.state_dict(), tmp)
+        torch.save(fit_to_detector_pixels(module.network.state_dict()), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(scores, indent=2))
     return scores
