@@ -27,7 +27,7 @@ help:
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on one source, SOURCE=$(SHARED_DATA)/pbc_sample (segment, features, train)"
 	@echo "make pbc-train    - image β-VAE on the 3,000 pbc_train crops, tested on pbc_sample (about an hour on 2 CPU cores)"
-	@echo "make pbc-pretrained - the same, Mask R-CNN started from a ResNet pretrained on pbc_train's cell types"
+	@echo "make pbc-pretrained - the same, Mask R-CNN started from a ResNet pretrained on pbc_train's cell types (~90 min)"
 	@echo "make align-real   - align the pbc-train image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
@@ -132,6 +132,7 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 
 # The same with Mask R-CNN started from a ResNet that first learnt to name pbc_train's labelled cell types
 # (`wbcvae segment pretrain`, random init, nothing downloaded; its body then stays frozen): make pbc-pretrained
+# (about 90 min on 2 CPU cores; the pretraining alone 40)
 PRETRAINED_RUN := runs/pbc_pretrained
 PRETRAINED_WEIGHTS := $(PRETRAINED_RUN)/backbone/resnet18.pth
 $(PRETRAINED_WEIGHTS): | setup
