@@ -17,7 +17,9 @@ from wbcvae.data.images import read_manifest
 from wbcvae.data.synthetic.world import write_world
 from wbcvae.errors import InputError
 from wbcvae.segmentation.classical import StainSegmenter, mask_box
-from wbcvae.segmentation.maskrcnn import PIXEL_MEAN, PIXEL_STD, CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights
+from wbcvae.segmentation.maskrcnn import (
+    PIXEL_MEAN, PIXEL_STD, CellTypeRoIHeads, MaskRCNNModule, build_maskrcnn, central_detection, load_maskrcnn, load_weights,
+)
 from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
 from wbcvae.segmentation.pretrain import CropClassifier, fit_to_detector_pixels, flip_and_turn, pretrain_backbone
@@ -318,7 +320,9 @@ def test_crop_classifier_learns_a_batch_and_its_weights_start_the_detector(world
     )
     assert json.loads(weights.with_suffix(".json").read_text()) == scores
     assert 0 <= scores["val_accuracy"] <= 1 and 0 <= scores["test_accuracy"] <= 1 and scores["train_crops"] > 0
-    module = MaskRCNNModule(backbone="resnet18", input_size=64, mask_head=(32,), weights=str(weights), norm="frozen", trainable_layers=0)
+    module = MaskRCNNModule(
+        backbone="resnet18", input_size=64, mask_head=(32,), weights=str(weights), norm="frozen", trainable_layers=0
+    )
     skipped = module.init["skipped_tensors"]  # frozen batch norm keeps no batch count
     assert {"backbone.body.fc.bias", "backbone.body.fc.weight"} <= set(skipped)
     assert all(key.startswith("backbone.body.fc.") or key.endswith("num_batches_tracked") for key in skipped)

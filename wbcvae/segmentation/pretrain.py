@@ -91,7 +91,8 @@ class CropClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimiser = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.estimated_stepping_batches))
+        steps = max(1, self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -108,8 +109,9 @@ def pretrain_backbone(
     test_source: str | os.PathLike | None = None,
     accelerator: str = "auto",
 ) -> dict[str, Any]:
-    """Train the classifier on `source` (`val_fraction` of it held out for validation), score it on `test_source` if given,
-    write the ResNet's state dict to `out` (.pth) and its scores to `out` with `.json`; return the scores."""
+    """Train the classifier on `source` (`val_fraction` of it held out for validation), score it on
+    `test_source` if given, write the fitted ResNet state dict to `out` (.pth) and its scores beside it
+    (.json); return the scores."""
     out = Path(out)
     if out.suffix != ".pth":
         raise InputError(f"{out}: the weights file must end in .pth (it is what `model.weights` reads)")
