@@ -22,8 +22,8 @@ from wbcvae.segmentation.maskrcnn import (
 )
 from wbcvae.segmentation.metrics import box_fill, classical_scores, iou, maskrcnn_scores
 from wbcvae.segmentation.overlay import spread_over_classes
-from wbcvae.segmentation.pretrain import CropClassifier, fit_to_detector_pixels, flip_and_turn, pretrain_backbone
-from wbcvae.segmentation.targets import SegmentationDataModule, target_from_mask
+from wbcvae.segmentation.pretrain import CropClassifier, fit_to_detector_pixels, pretrain_backbone
+from wbcvae.segmentation.targets import SegmentationDataModule, flip_and_turn, target_from_mask
 from wbcvae.segmentation.train import load_config, train_segmentation
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES
 
@@ -272,11 +272,14 @@ def test_local_weights_are_loaded_and_recorded(tmp_path):
 def test_flip_and_turn_gives_each_crop_one_of_its_eight_symmetries():
     torch.manual_seed(0)
     images = torch.rand(16, 3, 8, 8)
-    moved = flip_and_turn(images)
-    for image, out in zip(images, moved):
+    moved = []
+    for image in images:
+        out, out_red = flip_and_turn(image, image[0])
+        assert torch.equal(out_red, out[0])  # every plane given moves alike (a crop and its mask)
         symmetries = [torch.rot90(view, k, dims=(-2, -1)) for view in (image, image.flip(-1)) for k in range(4)]
         assert any(torch.equal(out, candidate) for candidate in symmetries)
-    assert not torch.equal(moved, images)
+        moved.append(out)
+    assert not torch.equal(torch.stack(moved), images)
 
 
 def test_classifier_weights_are_fitted_to_the_detectors_pixel_normalisation():

@@ -25,17 +25,9 @@ from wbcvae.data.image_dataset import CropDataModule, CropDataset
 from wbcvae.data.images import read_manifest
 from wbcvae.errors import InputError
 from wbcvae.segmentation.maskrcnn import BACKBONES, PIXEL_MEAN, PIXEL_STD
+from wbcvae.segmentation.targets import flip_and_turn
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASSES
-
-
-def flip_and_turn(images: Tensor) -> Tensor:
-    """Each image of a batch (B×C×H×W) turned by a random multiple of 90° and flipped half the time:
-    a smear has no up or left."""
-    turned = [torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(images, torch.randint(4, (len(images),)))]
-    flips = torch.rand(len(images), device=images.device) < 0.5
-    stacked = torch.stack(turned)
-    return torch.where(flips[:, None, None, None], stacked.flip(-1), stacked)
 
 
 def fit_to_detector_pixels(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -73,7 +65,7 @@ class CropClassifier(L.LightningModule):
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         images = batch["image"]
         if stage == "train" and self.hparams.augment:
-            images = flip_and_turn(images)
+            images = torch.stack([flip_and_turn(image)[0] for image in images])
         logits = self(images)
         loss = nn.functional.cross_entropy(logits, batch["label"])
         accuracy = (logits.argmax(1) == batch["label"]).float().mean()
@@ -134,8 +126,8 @@ def pretrain_backbone(
         "train_crops": len(data.datasets["train"]),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    if len(data.datasets["val"]):
-        scores["val_accuracy"] = trainer.validate(module, datamodule=data, verbose=False)[0]["val/accuracy"]
+    if "val/accuracy" in trainer.callback_metrics:  # the last epoch's validation pass
+        scores["val_accuracy"] = float(trainer.callback_metrics["val/accuracy"])
     if test_source is not None:
         test = CropDataset(read_manifest(test_source).frame, input_size)
         loader = torch.utils.data.DataLoader(test, batch_size=batch_size)

@@ -79,17 +79,19 @@ class SegmentationDataset(Dataset):
             side = image.shape[-1]
             cell = torch.from_numpy(np.unpackbits(self.packed_masks[i], axis=-1, count=side).astype(np.float32))
         if self.augment:
-            image, cell = _flip_and_turn(image, cell)
+            image, cell = flip_and_turn(image, cell)
         label = int(item["label"]) + 1 if self.cell_types else 1
         return {"image": image, "target": target_from_mask(cell, label), "index": item["index"]}
 
 
-def _flip_and_turn(image: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+def flip_and_turn(*planes: Tensor) -> tuple[Tensor, ...]:
+    """The same random turn by a multiple of 90°, and flip half the time, for every plane given (a crop and
+    its mask): a smear has no up or left."""
     turns = int(torch.randint(4, ()))
-    image, cell = torch.rot90(image, turns, dims=(-2, -1)), torch.rot90(cell, turns, dims=(-2, -1))
+    planes = tuple(torch.rot90(plane, turns, dims=(-2, -1)) for plane in planes)
     if torch.rand(()) < 0.5:
-        image, cell = image.flip(-1), cell.flip(-1)
-    return image.contiguous(), cell.contiguous()
+        planes = tuple(plane.flip(-1) for plane in planes)
+    return tuple(plane.contiguous() for plane in planes)
 
 
 def collate_detection(items: list[dict[str, Any]]) -> dict[str, Any]:
