@@ -103,22 +103,44 @@ def test_image_run_layout_and_offline_wandb_dashboards(tmp_path, monkeypatch):
     assert Image.open(grids[0]).size == (4 * 34 + 2, 3 * 34 + 2)
 
 
-def test_resume_after_stop_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    def train(epochs: int, folder: Path, ckpt_path: Path | None = None) -> dict[str, torch.Tensor]:
+class StopAfter(L.Callback):
+    """Ends a run after `epochs` of its planned `max_epochs`, as a crash or a time limit would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+        trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
+
+
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_resume_after_stop_gives_the_weights_of_an_uninterrupted_run(lr_schedule, tmp_path):
+    rates = []
+
+    def train(folder: Path, stop_after: int = 4, ckpt_path: Path | None = None) -> dict[str, torch.Tensor]:
         L.seed_everything(0, verbose=False)
-        plan = RnaVAEPlan(n_genes=40, hidden=(32, 16), latent_dim=8)
+        plan = RnaVAEPlan(n_genes=40, hidden=(32, 16), latent_dim=8, lr_schedule=lr_schedule)
         trainer = L.Trainer(
-            max_epochs=epochs, accelerator="cpu", deterministic=True, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=folder, save_last=True)],
+            max_epochs=4, accelerator="cpu", deterministic=True, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=folder, save_last=True), StopAfter(stop_after)],
         )  # fmt: skip
         trainer.fit(plan, ToyRnaDataModule(n_cells=60, genes=40, latent_dim=8, batch_size=8), ckpt_path=ckpt_path)
+        rates.append(trainer.optimizers[0].param_groups[0]["lr"])
         return plan.state_dict()
 
-    uninterrupted = train(4, tmp_path / "a")
-    stopped = train(2, tmp_path / "b")
-    resumed = train(4, tmp_path / "b", ckpt_path=tmp_path / "b" / "last.ckpt")
+    uninterrupted = train(tmp_path / "a")
+    stopped = train(tmp_path / "b", stop_after=2)
+    resumed = train(tmp_path / "b", ckpt_path=tmp_path / "b" / "last.ckpt")
     assert any(not torch.equal(stopped[k], uninterrupted[k]) for k in stopped)  # the resumed half did train
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    # cosine: the rate is halfway down when the run stops and ends at 0 once resumed, as without the stop
+    expected = [0.0, 5e-4, 0.0] if lr_schedule == "cosine" else [1e-3] * 3
+    assert rates == pytest.approx(expected, abs=1e-9)
+
+
+def test_an_unknown_lr_schedule_is_refused_by_name():
+    with pytest.raises(InputError, match="model.lr_schedule must be one of .*'linear'"):
+        ImageVAEPlan(lr_schedule="linear")
 
 
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path):

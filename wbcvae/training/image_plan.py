@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from wbcvae.models.image_vae import ImageVAE
 from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
-from wbcvae.training.plan import Batch, Outputs, VAEPlan
+from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule
 
 
 class ImageVAEPlan(VAEPlan):
@@ -59,9 +59,11 @@ class ImageVAEPlan(VAEPlan):
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
         statistics_batches: int = 64,
     ) -> None:
         super().__init__()
+        check_lr_schedule(lr_schedule)
         self.save_hyperparameters()
         self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels, colour_bins)
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet

@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 import wbcvae
+from wbcvae.errors import InputError
 from wbcvae.models.losses import check_finite, kl_weight
 
 Batch = dict[str, torch.Tensor]
 Outputs = dict[str, torch.Tensor]
+LR_SCHEDULES = ("constant", "cosine")  # the study trains at a constant rate
+
+
+def check_lr_schedule(name: str) -> None:
+    if name not in LR_SCHEDULES:
+        raise InputError(f"model.lr_schedule must be one of {LR_SCHEDULES}, got {name!r}")
 
 
 class VAEPlan(L.LightningModule):
@@ -82,8 +90,19 @@ class VAEPlan(L.LightningModule):
         """μ of each cell, with its row in the source (`… predict` subcommand; `wbcvae embed` writes AnnData)."""
         return {"mu": self.encode(batch), "index": batch["index"]}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam at `lr`; with `lr_schedule: cosine` the rate falls to 0 over `trainer.max_epochs`, so the
+        last epoch (the checkpoint everything downstream reads) is not taken at the full rate, where one
+        noisy epoch can undo several (seen at pbc scale: validation loss 1.47 → 1.99 in the 20th).
+        Stepped per epoch: counting steps would set the data up before the resume seeding (see below)."""
+        optimiser = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimiser
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise InputError(f"model.lr_schedule {self.hparams.lr_schedule!r} needs trainer.max_epochs, got {epochs}")
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     # --- exact resume ------------------------------------------------------------------------------
     # Every epoch's randomness (the sampler's shuffle, the reparameterisation noise) is seeded from

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from wbcvae.errors import InputError
 from wbcvae.models.losses import kl_divergence
 from wbcvae.models.rna_vae import LIKELIHOODS, RnaVAE, negative_binomial_log_prob
-from wbcvae.training.plan import Batch, Outputs, VAEPlan
+from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule
 
 
 class RnaVAEPlan(VAEPlan):
@@ -42,9 +42,11 @@ class RnaVAEPlan(VAEPlan):
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
         likelihood: str = "mse",
     ) -> None:
         super().__init__()
+        check_lr_schedule(lr_schedule)
         if likelihood not in LIKELIHOODS:
             raise InputError(f"model.likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.save_hyperparameters()
