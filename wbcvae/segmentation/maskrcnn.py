@@ -59,6 +59,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise InputError(f"backbone {name!r} is not one of {BACKBONES}")
+
+
 def build_maskrcnn(
     backbone: str = "resnet50",
     input_size: int = 288,
@@ -81,8 +86,7 @@ def build_maskrcnn(
     widths `mask_head` are the study's four 256-channel layers by default; CPU runs take fewer and
     narrower ones. The RoIAlign features (256×14×14, the FPN's width) are the same either way.
     """
-    if backbone not in BACKBONES:
-        raise InputError(f"backbone {backbone!r} is not one of {BACKBONES}")
+    check_backbone(backbone)
     if norm not in NORMS:
         raise InputError(f"norm {norm!r} is not one of {tuple(NORMS)}")
     if input_size < 32:

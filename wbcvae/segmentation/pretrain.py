@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from wbcvae.data.image_dataset import CropDataModule, CropDataset
 from wbcvae.data.images import read_manifest
 from wbcvae.errors import InputError
-from wbcvae.segmentation.maskrcnn import BACKBONES, PIXEL_MEAN, PIXEL_STD
+from wbcvae.segmentation.maskrcnn import PIXEL_MEAN, PIXEL_STD, check_backbone
 from wbcvae.segmentation.targets import flip_and_turn
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASSES
@@ -54,8 +54,7 @@ class CropClassifier(L.LightningModule):
 
     def __init__(self, backbone: str = "resnet18", lr: float = 1e-3, weight_decay: float = 1e-4, augment: bool = True):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise InputError(f"backbone {backbone!r} is not one of {BACKBONES}")
+        check_backbone(backbone)
         self.save_hyperparameters()
         self.network: nn.Module = torchvision.models.get_model(backbone, weights=None, num_classes=len(CLASSES))
 
