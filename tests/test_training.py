@@ -69,6 +69,16 @@ def test_fast_dev_run(kind, vae_class, tmp_path):
     assert prediction["mu"].shape == (4, 8) and prediction["index"].shape == (4,)
 
 
+def test_the_pbc_config_stack_trains_with_what_it_sets(tmp_path):
+    """`make pbc-pretrained`'s three image configs, on toy data: they parse together and their settings arrive."""
+    configs = [f"experiments/image_vae/{name}.yaml" for name in ("laptop", "pbc_train", "pbc_pretrained")]
+    stack = [argument for config in configs for argument in ("--config", str(REPO / config))]
+    cli = run_cli("image", [*stack, "--wandb", "false", *TOY["image"], *QUIET, "--trainer.fast_dev_run", "true",
+                            "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert (cli.model.hparams.alpha, cli.model.hparams.lr_schedule, cli.model.hparams.colour_bins) == (5.0, "cosine", 16)
+
+
 def test_image_run_layout_and_offline_wandb_dashboards(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
