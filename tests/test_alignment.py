@@ -8,6 +8,7 @@ import textwrap
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from wbcvae.alignment.loss import Correspondence, alignment_loss, class_moments, statistics
 from wbcvae.alignment.metrics import alignment_metrics, modality_mixing
-from wbcvae.alignment.module import JointAlignmentModule, RnaCells, load_alignment
+from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents, RnaCells, load_alignment
 from wbcvae.alignment.warm_start import image_class_means, procrustes, procrustes_warm_start
 from wbcvae.errors import InputError
 from wbcvae.training.image_plan import ImageVAEPlan
@@ -265,7 +266,6 @@ def test_ddp_ranks_with_different_classes_neither_hang_nor_nan(tmp_path):
 def toy_sources(tmp_path_factory):
     """A 30-row feature store (the real format) and a 120-cell RNA .h5ad with synthetic-world truth."""
     import anndata as ad
-    import pandas as pd
     import scipy.sparse as sp
 
     from wbcvae.features.store import FeatureStore
@@ -297,6 +297,26 @@ def toy_sources(tmp_path_factory):
     var = pd.DataFrame({"kinetic_granulocytic": kinetics, "kinetic_monocytic": kinetics}, index=[f"G{i:03d}" for i in range(60)])
     ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var).write_h5ad(folder / "rna.h5ad")
     return folder / "store", folder / "rna.h5ad"
+
+
+def test_strip_crops_are_read_back_from_the_feature_store(toy_sources):
+    """Image cells find their crop in the store by manifest index; RNA cells have none; no store, no crops."""
+    from types import SimpleNamespace
+
+    from wbcvae.features.store import FeatureStore
+    from wbcvae.models.image_vae import cell_on_grey
+    from wbcvae.trajectory.callback import _store_crops
+
+    store = FeatureStore(toy_sources[0])
+    rna = LabelledLatents(np.zeros((3, 2)), np.full(3, "myeloblast", dtype=object), np.full(3, "rna", dtype=object))
+    index = store.meta["index"].to_numpy()[[7, 2]]
+    images = LabelledLatents(np.eye(2), np.array(["monocyte", "promyelocyte"], dtype=object), np.full(2, "image", dtype=object), index)
+    crops = _store_crops(SimpleNamespace(store=store), LabelledLatents.concat([rna, images]))
+    assert len(crops.latent) == 2
+    shown, names = crops.nearest(np.array([[0.1, 0.9]]))
+    target, mask = (torch.from_numpy(store.array(name)[[2]].astype(np.float32)) for name in ("target", "mask"))
+    torch.testing.assert_close(shown, cell_on_grey(target / 255.0, mask))
+    assert names == ["promyelocyte"] and _store_crops(None, images) is None
 
 
 @pytest.mark.slow
@@ -335,6 +355,7 @@ def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sou
     assert "ari_shapes" in metrics["trajectory/granulopoiesis"]
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "joint_latent.png").is_file()
     assert (run / "trajectories" / "monocytopoiesis" / "strip.png").is_file()
+    assert len(pd.read_csv(run / "trajectories" / "monocytopoiesis" / "strip_cells.csv")) == 10  # the store's crops, one a frame
     assert load_alignment(run / "checkpoints" / "last.ckpt").gene_names[:1] != ["gene0"]  # names from the RNA run
     # A typo in the config is one line naming the key, exit 2, and no new run folder.
     config.write_text(config.read_text() + "deltaa: 3\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,7 @@ import wbcvae.cli.main as cli_main
 from wbcvae.errors import InputError
 from wbcvae.report import Section, write_report
 from wbcvae.trajectory import kinetics as kinetics_module
-from wbcvae.trajectory.decode import as_decoder, decode_path, save_gif, save_image_strip
+from wbcvae.trajectory.decode import CellCrops, as_decoder, decode_path, save_gif, save_image_strip
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
 from wbcvae.trajectory.kinetics import change_and_spread, change_threshold_z, cluster_kinetics, znormalise
@@ -300,6 +301,25 @@ def test_decoding_writes_strip_gif_and_matrix_of_the_right_shapes(tmp_path):
         decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), ["a", "b", "c", "d"])
 
 
+def grey_crops(n_cells: int) -> Callable:
+    """Crops whose grey level names their cell: cell i is i / n_cells everywhere."""
+    return lambda rows: torch.as_tensor(rows / n_cells, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
+
+
+def test_the_strip_shows_the_real_cell_nearest_each_frame(tmp_path):
+    latent, classes, _ = clusters_along_a_curve(("a", "b"))
+    crops = CellCrops(latent, np.asarray(classes), grey_crops(len(latent)))
+    images, names = crops.nearest(latent[[5, 40]] + 1e-4)
+    assert images[:, 0, 0, 0].tolist() == pytest.approx([5 / len(latent), 40 / len(latent)])
+    assert names == [classes[5], classes[40]] == ["a", "b"]
+    path = LatentPathGP(class_anchors(latent, classes, ("a", "b")), **FAST).trajectory(steps=12, num_samples=3, name="toy")
+    decoded = decode_path(path, as_decoder(StandInImageVAE()), planted_gene_decoder(["up"]), ["G0"], strip_frames=6)
+    nearest = crops.nearest(path.mean[decoded.strip_steps].numpy())
+    with_cells = Image.open(save_image_strip(decoded, tmp_path / "with.png", nearest))
+    without = Image.open(save_image_strip(decoded, tmp_path / "without.png"))
+    assert with_cells.width == without.width and with_cells.height > 1.3 * without.height  # a third row
+
+
 # --- recovery, end to end, report ------------------------------------------------------------------
 
 
@@ -317,7 +337,10 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     genes = [f"G{i:02d}" for i in range(len(kinds))]
     truth = GroundTruth(latent, np.full(len(t), "granulocytic"), t, pd.DataFrame({"kinetic_granulocytic": kinds}, index=genes))
     settings = TrajectorySettings(steps=40, samples=3, k_range=(3, 4), **FAST)
-    result = run_trajectory(preset, latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
+    crops = CellCrops(latent, np.asarray(classes), grey_crops(len(latent)))
+    result = run_trajectory(
+        preset, latent, classes, as_decoder(StandInImageVAE()), planted_gene_decoder(kinds), genes, tmp_path, settings, truth, crops=crops
+    )
     m = result.metrics
     assert result.trajectory.anchors.mode == "quantiles" and m["anchors"] == 10
     assert m["pseudotime_spearman"] > 0.95
@@ -328,6 +351,10 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     for name in ("strip.png", "path.gif", "heatmap.png", "markers.png", "paths.png", "genes.csv", "path.csv", "kinetics.csv", "clusters.csv"):
         assert (folder / name).is_file(), name
     assert pd.read_csv(folder / "genes.csv").shape == (40, len(genes) + 1)
+    # The real cells nearest the strip's frames run through the lineage in its order, from its first stage to its last.
+    stages = [preset.series.index(c) for c in pd.read_csv(folder / "strip_cells.csv")["nearest_cell"]]
+    assert stages[0] == 0 and stages[-1] == len(preset.series) - 1 and stages == sorted(stages)
+    assert "real image cell nearest the path" in report_section(result).text
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
     settings.compare_chord, settings.min_lengthscale = False, 0.5
     stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)

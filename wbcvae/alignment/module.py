@@ -44,15 +44,21 @@ from wbcvae.vocabulary import CLASSES
 
 @dataclass
 class LabelledLatents:
-    """Cells in the joint latent space: μ (N×D), canonical class ("" when none), modality."""
+    """Cells in the joint latent space: μ (N×D), canonical class ("" when none), modality and, for image cells
+    from a feature store, their manifest `index` (−1 where there is none), by which a figure finds the crop."""
 
     latent: np.ndarray
     classes: np.ndarray
     modality: np.ndarray
+    index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = np.full(len(self.latent), -1, dtype=np.int64)
 
     @staticmethod
     def concat(parts: Sequence[LabelledLatents]) -> LabelledLatents:
-        return LabelledLatents(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("latent", "classes", "modality")))
+        return LabelledLatents(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("latent", "classes", "modality", "index")))
 
 
 @dataclass
@@ -222,17 +228,19 @@ class JointAlignmentModule(L.LightningModule):
 
     @torch.no_grad()
     def encode_images(self, loader: torch.utils.data.DataLoader) -> LabelledLatents:
-        """μ of every image in `loader` with the current (fine-tuned) encoder."""
+        """μ of every image in `loader` with the current (fine-tuned) encoder, and the images' manifest index."""
         was_training = self.training
         self.eval()
-        mus, labels = [], []
+        mus, labels, indices = [], [], []
         for batch in loader:
             mus.append(self.image_plan.encode(batch).float().cpu())
             labels.append(batch["label"])
+            indices.append(batch.get("index", torch.full_like(batch["label"], -1)))
         self.train(was_training)
         mu = torch.cat(mus).numpy() if mus else np.zeros((0, self.rna_latent.shape[1]), np.float32)
         labels = torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)
-        return LabelledLatents(mu, class_names(labels), np.full(len(mu), "image", dtype=object))
+        index = torch.cat(indices).numpy().astype(np.int64) if indices else np.zeros(0, np.int64)
+        return LabelledLatents(mu, class_names(labels), np.full(len(mu), "image", dtype=object), index)
 
     @property
     def gene_names(self) -> list[str]:

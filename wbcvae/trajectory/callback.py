@@ -12,12 +12,16 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents
 from wbcvae.errors import InputError
-from wbcvae.trajectory.decode import as_decoder
+from wbcvae.features.store import FeatureStore
+from wbcvae.models.image_vae import cell_on_grey
+from wbcvae.trajectory.decode import CellCrops, as_decoder
 from wbcvae.trajectory.expression import CellExpression
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.recovery import GroundTruth
@@ -32,11 +36,13 @@ def run_presets(
     truth: GroundTruth | None = None,
     image_cells: LabelledLatents | None = None,
     expression: CellExpression | None = None,
+    crops: CellCrops | None = None,
 ) -> dict[str, TrajectoryResult]:
     """Run each preset on the module's latents; a preset whose classes are missing is skipped with a warning.
 
     `expression`: the RNA cells' counts (rows as the module's RNA cells), for the DPT-trend baseline
-    beside each decoded curve and the yardstick of flat vs changed genes.
+    beside each decoded curve and the yardstick of flat vs changed genes. `crops`: image cells whose
+    real crop each strip shows beside its decoded frames.
     """
     image_cells = image_cells if image_cells is not None else module.image_latents
     cells = LabelledLatents.concat([module.rna_latents(), *([image_cells] if image_cells is not None else [])])
@@ -48,7 +54,7 @@ def run_presets(
         try:
             results[name] = run_trajectory(
                 name, cells.latent, cells.classes, image_decoder, gene_decoder, module.gene_names, out_dir, settings, truth,
-                cells.modality, expression,
+                cells.modality, expression, crops,
             )
         except InputError as err:
             rank_zero_warn(f"trajectory {name!r} skipped: {err}")
@@ -83,9 +89,9 @@ class TrajectoryCallback(L.Callback):
             return
         if not isinstance(pl_module, JointAlignmentModule):
             raise TypeError(f"TrajectoryCallback needs a JointAlignmentModule, got {type(pl_module).__name__}")
-        self.results = run_presets(
-            pl_module, self.out_dir, self.presets, self.settings, self.truth, _all_images(trainer, pl_module), self.expression
-        )
+        images = _all_images(trainer, pl_module)
+        crops = _store_crops(trainer.datamodule, images) if images is not None else None
+        self.results = run_presets(pl_module, self.out_dir, self.presets, self.settings, self.truth, images, self.expression, crops)
         for name, result in self.results.items():
             _log_result(trainer, name, result)
 
@@ -98,6 +104,23 @@ def _all_images(trainer: L.Trainer, module: JointAlignmentModule) -> LabelledLat
         return module.image_latents
     parts = [module.encode_images(getattr(datamodule, f"{split}_dataloader")()) for split in ("train", "val")]
     return LabelledLatents.concat(parts)
+
+
+def _store_crops(datamodule: L.LightningDataModule | None, images: LabelledLatents) -> CellCrops | None:
+    """The image cells' masked crops on grey, read back from the feature store they came from (None without one)."""
+    store = getattr(datamodule, "store", None)
+    if not isinstance(store, FeatureStore):
+        return None
+    rows = pd.Index(store.meta["index"]).get_indexer(images.index)
+    known = rows >= 0
+    rows = rows[known]
+
+    def read(positions: np.ndarray) -> torch.Tensor:
+        at = rows[positions]
+        target = torch.from_numpy(store.array("target")[at].astype(np.float32) / 255.0)
+        return cell_on_grey(target, torch.from_numpy(store.array("mask")[at].astype(np.float32)))
+
+    return CellCrops(images.latent[known], images.classes[known], read)
 
 
 def _log_result(trainer: L.Trainer, name: str, result: TrajectoryResult) -> None:

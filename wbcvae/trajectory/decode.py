@@ -5,7 +5,9 @@ mask on grey) or `.decode(z)`, or any callable z → output; when the output is 
 element is taken. The mean path is decoded
 once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
 and per-gene standard deviation), so the figures show how sure the path is. Without an image decoder
-(a path through an RNA-only latent) only the genes are decoded.
+(a path through an RNA-only latent) only the genes are decoded. Beside the decoded cells, a strip can
+show the real image cell nearest the path at each frame (`CellCrops`): what a blurred decoding cannot draw
+(a band nucleus, its lobes), the cells the path runs through can.
 """
 
 from __future__ import annotations
@@ -95,21 +97,41 @@ def decode_path(
     )
 
 
-def save_image_strip(decoded: DecodedPath, path: Path) -> Path:
-    """PNG: the decoded images at the strip's steps, and under them their spread over posterior samples."""
+@dataclass
+class CellCrops:
+    """Labelled image cells in the joint latent and a reader of their masked crops (on grey), so that a strip
+    can show the real cell nearest each of its frames."""
+
+    latent: np.ndarray  # M×D
+    classes: np.ndarray  # M class names
+    read: Callable[[np.ndarray], Tensor]  # positions in `latent` → K×3×H×W crops in [0, 1]
+
+    def nearest(self, points: np.ndarray) -> tuple[Tensor, list[str]]:
+        """The crop and class of the cell nearest (Euclidean) each of `points` (K×D)."""
+        distances = ((np.asarray(points)[:, None, :] - self.latent[None, :, :]) ** 2).sum(-1)
+        closest = distances.argmin(1)
+        return self.read(closest), [str(c) for c in self.classes[closest]]
+
+
+def save_image_strip(decoded: DecodedPath, path: Path, nearest: tuple[Tensor, list[str]] | None = None) -> Path:
+    """PNG: the decoded images at the strip's steps, under them their spread over posterior samples and,
+    given `nearest` (`CellCrops.nearest` of the strip's path points), the real cell nearest each one."""
     steps = decoded.strip_steps
-    rows = 2 if decoded.image_std is not None else 1
-    fig = Figure(figsize=(1.3 * len(steps), 1.45 * rows + 0.3))
-    axes = fig.subplots(rows, len(steps), squeeze=False)
+    labels = ["decoded", *(["spread (sd)"] if decoded.image_std is not None else []), *(["nearest cell"] if nearest else [])]
+    fig = Figure(figsize=(1.3 * len(steps), 1.45 * len(labels) + 0.3))
+    axes = fig.subplots(len(labels), len(steps), squeeze=False)
     vmax = float(decoded.image_std.max()) if decoded.image_std is not None else 1.0
     for col, step in enumerate(steps):
         axes[0, col].imshow(decoded.images[step].permute(1, 2, 0).numpy())
         axes[0, col].set_title(f"t={decoded.t[step]:.2f}", fontsize=8)
         if decoded.image_std is not None:
             axes[1, col].imshow(decoded.image_std[col].numpy(), cmap="magma", vmin=0, vmax=max(vmax, 1e-6))
-    axes[0, 0].set_ylabel("decoded", fontsize=8)
-    if rows == 2:
-        axes[1, 0].set_ylabel("spread (sd)", fontsize=8)
+        if nearest:
+            crops, classes = nearest
+            axes[-1, col].imshow(crops[col].permute(1, 2, 0).numpy())
+            axes[-1, col].set_xlabel(classes[col].replace("_", " "), fontsize=7)
+    for row, label in enumerate(labels):
+        axes[row, 0].set_ylabel(label, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

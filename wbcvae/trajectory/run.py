@@ -2,7 +2,8 @@
 
 Used by the Lightning callback at the end of training, by `wbcvae trajectory --ckpt …` and by the
 pipeline; all three write the same files into `<out_dir>/<preset>/`:
-`strip.png` (decoded images and their spread), `path.gif`, `genes.csv` (steps × genes),
+`strip.png` (decoded images, their spread and, given the image cells' crops, the real cell nearest each
+frame, listed in `strip_cells.csv`), `path.gif`, `genes.csv` (steps × genes),
 `path.csv` (pseudotime, latent mean, mean variance), `kinetics.csv`, `clusters.csv`, `heatmap.png`,
 `markers.png`, and `markers.csv` when the preset names known markers. A path through an RNA-only
 latent has no image decoder, hence no strip and no GIF.
@@ -10,6 +11,7 @@ latent has no image decoder, hence no strip and no GIF.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -22,6 +24,7 @@ import pandas as pd
 from wbcvae.errors import InputError
 from wbcvae.report.html import Section, write_csv
 from wbcvae.trajectory.decode import (
+    CellCrops,
     Decoder,
     DecodedPath,
     decode_path,
@@ -118,6 +121,7 @@ def run_trajectory(
     truth: GroundTruth | None = None,
     modality: Sequence[str] | None = None,
     expression: CellExpression | None = None,
+    crops: CellCrops | None = None,
 ) -> TrajectoryResult:
     """Fit, decode and cluster one preset from labelled latents (any modality, pooled).
 
@@ -125,7 +129,8 @@ def run_trajectory(
     else from every cell. `expression` (rows as `latent`; image cells without RNA): the real cells'
     counts, for the DPT-trend baseline and the yardstick of flat vs changed (the standard error of
     the cells' mean near each step, see `wbcvae.trajectory.expression`); without it only the
-    decoded samples' spread calls genes flat.
+    decoded samples' spread calls genes flat. `crops`: image cells whose real crop the strip shows
+    beside each decoded frame (the nearest to the path there).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     settings = settings or TrajectorySettings()
@@ -154,7 +159,10 @@ def run_trajectory(
         tables["markers"] = markers
     files = {}
     if decoded.images is not None:
-        files |= {"strip": save_image_strip(decoded, folder / "strip.png"), "gif": save_gif(decoded, folder / "path.gif")}
+        nearest = crops.nearest(trajectory.mean[decoded.strip_steps].numpy()) if crops is not None and len(crops.latent) else None
+        if nearest is not None:
+            tables["strip_cells"] = pd.DataFrame({"pseudotime": decoded.t[decoded.strip_steps], "nearest_cell": nearest[1]})
+        files |= {"strip": save_image_strip(decoded, folder / "strip.png", nearest), "gif": save_gif(decoded, folder / "path.gif")}
     files |= {
         "heatmap": save_heatmap(kinetics, folder / "heatmap.png", title=f"{preset.name}: gene kinetics"),
         "markers_plot": save_gene_curves(decoded, _genes_to_draw(markers, kinetics), folder / "markers.png"),
@@ -274,8 +282,15 @@ def report_section(result: TrajectoryResult) -> Section:
     if "strip" in result.files:
         lines.append(
             "The strip shows decoded images along the path (top) and their pixel spread over paths drawn from the "
-            "GP posterior (bottom); the heatmap the z-normalised decoded expression of each cluster's top genes."
+            "GP posterior (below them); the heatmap the z-normalised decoded expression of each cluster's top genes."
         )
+        strip_cells = result.tables.get("strip_cells")
+        if strip_cells is not None:
+            lines.append(
+                "The strip's bottom row is the real image cell nearest the path at each frame, a crop, not decoded: "
+                + " → ".join(name.replace("_", " ") for name, _ in itertools.groupby(strip_cells["nearest_cell"]))
+                + "."
+            )
     else:
         lines.append(
             "The heatmap shows the z-normalised decoded expression of each cluster's top genes; the curves "
