@@ -301,22 +301,30 @@ def toy_sources(tmp_path_factory):
 
 def test_strip_crops_are_read_back_from_the_feature_store(toy_sources):
     """Image cells find their crop in the store by manifest index; RNA cells have none; no store, no crops."""
-    from types import SimpleNamespace
-
     from wbcvae.features.store import FeatureStore
     from wbcvae.models.image_vae import cell_on_grey
-    from wbcvae.trajectory.callback import _store_crops
+    from wbcvae.trajectory.callback import store_crops
 
     store = FeatureStore(toy_sources[0])
     rna = LabelledLatents(np.zeros((3, 2)), np.full(3, "myeloblast", dtype=object), np.full(3, "rna", dtype=object))
     index = store.meta["index"].to_numpy()[[7, 2]]
     images = LabelledLatents(np.eye(2), np.array(["monocyte", "promyelocyte"], dtype=object), np.full(2, "image", dtype=object), index)
-    crops = _store_crops(SimpleNamespace(store=store), LabelledLatents.concat([rna, images]))
+    crops = store_crops(store, LabelledLatents.concat([rna, images]))
     assert len(crops.latent) == 2
     shown, names = crops.nearest(np.array([[0.1, 0.9]]))
     target, mask = (torch.from_numpy(store.array(name)[[2]].astype(np.float32)) for name in ("target", "mask"))
     torch.testing.assert_close(shown, cell_on_grey(target / 255.0, mask))
-    assert names == ["promyelocyte"] and _store_crops(None, images) is None
+    assert names == ["promyelocyte"] and store_crops(None, images) is None
+
+
+def test_an_incomplete_store_is_refused_before_any_image_is_encoded(tmp_path, trained):
+    from wbcvae.features.store import FeatureStore
+    from wbcvae.trajectory.callback import store_images
+
+    meta = pd.DataFrame({"path": ["/crops/0.png", "/crops/1.png"], "label": "monocyte", "patient": "", "source_label": "MO", "mask_path": ""})
+    store = FeatureStore.create(tmp_path / "store", meta, provenance={"source": "test"})
+    with pytest.raises(InputError, match=r"store: 2 of 2 rows not extracted yet"):
+        store_images(trained[0], store)
 
 
 @pytest.mark.slow
@@ -357,6 +365,12 @@ def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sou
     assert (run / "trajectories" / "monocytopoiesis" / "strip.png").is_file()
     assert len(pd.read_csv(run / "trajectories" / "monocytopoiesis" / "strip_cells.csv")) == 10  # the store's crops, one a frame
     assert load_alignment(run / "checkpoints" / "last.ckpt").gene_names[:1] != ["gene0"]  # names from the RNA run
+    # From the checkpoint, with the store: the strip shows its crops as the callback's did.
+    monkeypatch.setattr(cli_main, "COMMANDS", ("align", "trajectory"))
+    again = ["trajectory", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--features", str(store), "--preset", "monocytopoiesis",
+             "--out", str(tmp_path / "again"), "--steps", "12", "--samples", "2", "--k-range", "3", "3"]  # fmt: skip
+    assert cli_main.main(again) == 0
+    assert len(pd.read_csv(tmp_path / "again" / "monocytopoiesis" / "strip_cells.csv")) == 10
     # A typo in the config is one line naming the key, exit 2, and no new run folder.
     config.write_text(config.read_text() + "deltaa: 3\n")
     assert cli_main.main(args) == 2

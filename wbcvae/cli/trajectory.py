@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traj.add_argument("--min-lengthscale", type=float, default=0.25, help="shortest RBF lengthscale of the path GP, in path pseudotime (0 … 1)")
     traj.add_argument("--seed", type=int, default=0)
     traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
+    traj.add_argument("--features", type=Path, default=None,
+                      help="feature store of image cells (e.g. the one the model was aligned on): their latents anchor the paths "
+                           "beside the RNA cells, and each strip shows the real crop nearest each frame (default: the image "
+                           "latents saved in the checkpoint, no crops)")
     traj.add_argument("--rna", type=Path, default=None,
                       help="RNA source the model was aligned on (default: --truth): its cells are the yardstick of flat vs "
                            "changed genes and give the DPT trends; without it only the decoded samples' spread is used")
@@ -38,7 +42,8 @@ def _trajectory(args: argparse.Namespace) -> None:
     from wbcvae.alignment.module import load_alignment
     from wbcvae.errors import InputError
     from wbcvae.report.html import write_report
-    from wbcvae.trajectory.callback import run_presets
+    from wbcvae.features.store import FeatureStore
+    from wbcvae.trajectory.callback import run_presets, store_crops, store_images
     from wbcvae.trajectory.presets import PRESETS
     from wbcvae.trajectory.run import TrajectorySettings, report_section
 
@@ -57,7 +62,12 @@ def _trajectory(args: argparse.Namespace) -> None:
     truth = _truth(args.truth, module) if args.truth else None
     rna = args.rna or args.truth
     expression = _cells(rna, module) if rna else None
-    results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth, expression=expression)
+    images = crops = None
+    if args.features:
+        store = FeatureStore(args.features)
+        images = store_images(module, store)
+        crops = store_crops(store, images)
+    results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth, images, expression, crops)
     if not results:
         raise InputError(f"{args.ckpt}: no trajectory could be fitted (the warnings above name the missing classes)")
     for name, result in results.items():

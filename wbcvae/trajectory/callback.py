@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents
 from wbcvae.errors import InputError
+from wbcvae.features.datamodule import FeatureDataset
 from wbcvae.features.store import FeatureStore
 from wbcvae.models.image_vae import cell_on_grey
 from wbcvae.trajectory.decode import CellCrops, as_decoder
@@ -90,7 +92,7 @@ class TrajectoryCallback(L.Callback):
         if not isinstance(pl_module, JointAlignmentModule):
             raise TypeError(f"TrajectoryCallback needs a JointAlignmentModule, got {type(pl_module).__name__}")
         images = _all_images(trainer, pl_module)
-        crops = _store_crops(trainer.datamodule, images) if images is not None else None
+        crops = store_crops(getattr(trainer.datamodule, "store", None), images) if images is not None else None
         self.results = run_presets(pl_module, self.out_dir, self.presets, self.settings, self.truth, images, self.expression, crops)
         for name, result in self.results.items():
             _log_result(trainer, name, result)
@@ -106,9 +108,16 @@ def _all_images(trainer: L.Trainer, module: JointAlignmentModule) -> LabelledLat
     return LabelledLatents.concat(parts)
 
 
-def _store_crops(datamodule: L.LightningDataModule | None, images: LabelledLatents) -> CellCrops | None:
+def store_images(module: JointAlignmentModule, store: FeatureStore, batch_size: int = 64) -> LabelledLatents:
+    """Every readable crop of a complete `store` through the module's (fine-tuned) encoder."""
+    missing = len(store.missing())
+    if missing:
+        raise InputError(f"{store.root}: {missing} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
+    return module.encode_images(DataLoader(FeatureDataset(store, store.readable_rows()), batch_size=batch_size))
+
+
+def store_crops(store: FeatureStore | None, images: LabelledLatents) -> CellCrops | None:
     """The image cells' masked crops on grey, read back from the feature store they came from (None without one)."""
-    store = getattr(datamodule, "store", None)
     if not isinstance(store, FeatureStore):
         return None
     rows = pd.Index(store.meta["index"]).get_indexer(images.index)
