@@ -321,7 +321,8 @@ def test_an_incomplete_store_is_refused_before_any_image_is_encoded(tmp_path, tr
     from wbcvae.features.store import FeatureStore
     from wbcvae.trajectory.callback import store_images
 
-    meta = pd.DataFrame({"path": ["/crops/0.png", "/crops/1.png"], "label": "monocyte", "patient": "", "source_label": "MO", "mask_path": ""})
+    paths = ["/crops/0.png", "/crops/1.png"]
+    meta = pd.DataFrame({"path": paths, "label": "monocyte", "patient": "", "source_label": "MO", "mask_path": ""})
     store = FeatureStore.create(tmp_path / "store", meta, provenance={"source": "test"})
     with pytest.raises(InputError, match=r"store: 2 of 2 rows not extracted yet"):
         store_images(trained[0], store)

@@ -34,9 +34,9 @@ CAPTIONS = {
     "joint_latent.png": "Image latents (held-out crops, fine-tuned encoder) and the frozen RNA latents, by class "
     "(left) and by modality (right). Look for image points landing on the RNA cells of their own class.",
     "strip.png": "The decoded cell along the path (top), its pixel spread over paths drawn from the GP posterior "
-    "and, at the bottom, the real crop nearest the path at each frame (a training or validation cell, not decoded). Look for a gradual "
-    "change of nucleus size, shape and shade from the first stage to the last; bright spread marks where the path is "
-    "uncertain.",
+    "and, at the bottom, the real crop nearest the path at each frame (a cell of the feature store, not decoded). "
+    "Look for a gradual change of nucleus size, shape and shade from the first stage to the last; bright spread marks "
+    "where the path is uncertain.",
     "path.gif": "The same path, animated: one decoded cell per step from the first stage to the last.",
     "heatmap.png": "Z-normalised decoded expression of each k-Shape cluster's top genes along the path. Look for "
     "blocks that rise, fall or peak mid-way: each block is one kinetic programme.",
