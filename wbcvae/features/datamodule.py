@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from wbcvae.data.datamodule import SplitDataModule
 from wbcvae.data.image_dataset import SPLITS, split_manifest
-from wbcvae.errors import InputError
 from wbcvae.features.store import FeatureStore
 from wbcvae.vocabulary import CLASS_INDEX
 
@@ -72,9 +71,7 @@ class FeatureDataModule(SplitDataModule):
         if self.store is not None:
             return
         store = FeatureStore(self.hparams.store_dir)
-        missing = len(store.missing())
-        if missing:
-            raise InputError(f"{store.root}: {missing} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
+        store.require_complete()
         meta = store.meta.iloc[store.readable_rows()]
         if self.hparams.cells_per_class is not None:
             shuffled = meta.sample(frac=1.0, random_state=self.hparams.seed)

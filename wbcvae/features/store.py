@@ -104,6 +104,12 @@ class FeatureStore:
         """Rows not yet extracted, in order."""
         return np.flatnonzero(~self.done)
 
+    def require_complete(self) -> None:
+        """Refuse a store with rows not yet extracted: a model read from half the rows would look fine and be wrong."""
+        missing = len(self.missing())
+        if missing:
+            raise InputError(f"{self.root}: {missing} of {len(self)} rows not extracted yet; run `wbcvae features` again to finish")
+
     def readable_rows(self) -> np.ndarray:
         """Rows whose image could be decoded, in order: the rows a model may read."""
         return np.flatnonzero(np.asarray(self.array("origin")) != UNREADABLE)

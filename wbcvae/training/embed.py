@@ -144,9 +144,7 @@ def _image_batches(
     from wbcvae.vocabulary import CLASSES
 
     store = FeatureStore(source)
-    missing = store.missing()
-    if len(missing):
-        raise InputError(f"{store.root}: {len(missing)} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
+    store.require_complete()
     shape = store.layout["features"][1]
     if tuple(shape) != tuple(plan.vae.feature_shape):
         raise InputError(f"{store.root}: features are {'×'.join(map(str, shape))}, the model reads {'×'.join(map(str, plan.vae.feature_shape))}")

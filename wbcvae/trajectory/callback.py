@@ -110,9 +110,7 @@ def _all_images(trainer: L.Trainer, module: JointAlignmentModule) -> LabelledLat
 
 def store_images(module: JointAlignmentModule, store: FeatureStore, batch_size: int = 64) -> LabelledLatents:
     """Every readable crop of a complete `store` through the module's (fine-tuned) encoder."""
-    missing = len(store.missing())
-    if missing:
-        raise InputError(f"{store.root}: {missing} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
+    store.require_complete()
     return module.encode_images(DataLoader(FeatureDataset(store, store.readable_rows()), batch_size=batch_size))
 
 
