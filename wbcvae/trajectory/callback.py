@@ -120,12 +120,11 @@ def store_crops(store: FeatureStore | None, images: LabelledLatents) -> CellCrop
         return None
     rows = pd.Index(store.meta["index"]).get_indexer(images.index)
     known = rows >= 0
-    rows = rows[known]
+    cells = FeatureDataset(store, rows[known])  # items as the model reads them: target in [0, 1], mask
 
     def read(positions: np.ndarray) -> torch.Tensor:
-        at = rows[positions]
-        target = torch.from_numpy(store.array("target")[at].astype(np.float32) / 255.0)
-        return cell_on_grey(target, torch.from_numpy(store.array("mask")[at].astype(np.float32)))
+        items = [cells[int(p)] for p in positions]
+        return cell_on_grey(torch.stack([item["target"] for item in items]), torch.stack([item["mask"] for item in items]))
 
     return CellCrops(images.latent[known], images.classes[known], read)
 
