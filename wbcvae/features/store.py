@@ -110,6 +110,12 @@ class FeatureStore:
         if missing:
             raise InputError(f"{self.root}: {missing} of {len(self)} rows not extracted yet; run `wbcvae features` again to finish")
 
+    def require_feature_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse a store whose features a model reading `shape` cannot take (one line, not a torch error)."""
+        stored = tuple(self.layout["features"][1])
+        if stored != tuple(shape):
+            raise InputError(f"{self.root}: features are {'×'.join(map(str, stored))}, the model reads {'×'.join(map(str, shape))}")
+
     def readable_rows(self) -> np.ndarray:
         """Rows whose image could be decoded, in order: the rows a model may read."""
         return np.flatnonzero(np.asarray(self.array("origin")) != UNREADABLE)

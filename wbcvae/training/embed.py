@@ -145,9 +145,7 @@ def _image_batches(
 
     store = FeatureStore(source)
     store.require_complete()
-    shape = store.layout["features"][1]
-    if tuple(shape) != tuple(plan.vae.feature_shape):
-        raise InputError(f"{store.root}: features are {'×'.join(map(str, shape))}, the model reads {'×'.join(map(str, plan.vae.feature_shape))}")
+    store.require_feature_shape(plan.vae.feature_shape)
     rows = store.readable_rows()  # crops whose image could not be decoded have no features
     loader = DataLoader(FeatureDataset(store, rows), batch_size=batch_size)
     obs = store.table().iloc[rows].drop(columns="done")
