@@ -328,6 +328,14 @@ def test_an_incomplete_store_is_refused_before_any_image_is_encoded(tmp_path, tr
         store_images(trained[0], store)
 
 
+def test_a_store_of_other_features_is_refused_with_both_shapes(toy_sources, trained):
+    from wbcvae.features.store import FeatureStore
+    from wbcvae.trajectory.callback import store_images
+
+    with pytest.raises(InputError, match=r"store: features are 256×14×14, the model reads 8×4×4"):
+        store_images(trained[0], FeatureStore(toy_sources[0]))
+
+
 @pytest.mark.slow
 def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sources, tmp_path, monkeypatch, capsys):
     import json
