@@ -110,18 +110,19 @@ def test_masked_ssim_is_one_for_identical_cells_and_ignores_pixels_outside_the_m
 def test_every_loss_term_is_finite_and_weighted_from_the_config():
     plan = ImageVAEPlan(
         **TINY, image_channels=16, colour_bins=8, ssim_weight=2.0, gradient_weight=3.0, mask_weight=0.5, colour_weight=4.0,
-        colour_profile_weight=5.0,
+        colour_profile_weight=5.0, class_weight=6.0,
     )  # fmt: skip
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
         "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd",
-        "colour_profile_mse",
+        "colour_profile_mse", "class_ce",
     }  # fmt: skip
     assert all(torch.isfinite(value) for value in terms.values())
     expected = (
         terms["features_mse"] + 100 * terms["image_mse"] + plan.beta() * terms["kl"]
         + 2 * terms["image_ssim_loss"] + 3 * terms["image_gradient_l1"]
         + 0.5 * (terms["mask_bce"] + terms["mask_dice_loss"]) + 4 * terms["image_colour_emd"] + 5 * terms["colour_profile_mse"]
+        + 6 * terms["class_ce"]
     )
     assert torch.allclose(loss, expected)
     assert outputs["mask_logits"].shape == (6, 1, 32, 32)
@@ -246,6 +247,27 @@ def test_the_latent_gives_the_colour_profile_back_when_asked():
     assert math.isfinite(first) and profile_error() < 0.7 * first
     _, terms, _ = ImageVAEPlan(**TINY, image_channels=16).total_loss(batch)
     assert terms["colour_profile_mse"].item() == 0.0
+
+
+def test_the_class_term_makes_the_latent_name_the_cell_type():
+    """`class_weight`: a linear read-out of μ learns the labels of cells that differ only by label (so
+    the unsupervised terms cannot separate them); cells labelled −1 are skipped; without the
+    classifier (the study's β-VAE) the term is 0 and there are no logits."""
+    torch.manual_seed(0)
+    batch = crops(8)
+    batch["label"] = torch.tensor([0, 1, 0, 1, 0, 1, -1, -1])
+    batch["features"][batch["label"] == 1] += 1.0  # a feature the classes differ by
+    plan = ImageVAEPlan(**TINY, image_channels=16, class_weight=5.0, lr=3e-3)
+    first = plan.total_loss(batch)[1]["class_ce"].item()
+    fit(plan, batch, steps=40)
+    loss, terms, outputs = plan.total_loss(batch)
+    assert outputs["class_logits"].shape == (8, 13) and math.isfinite(first)
+    assert terms["class_ce"].item() < 0.3 * first
+    assert (outputs["class_logits"][:6].argmax(1) == batch["label"][:6]).all()
+    unlabelled = {**batch, "label": torch.full((8,), -1)}
+    assert plan.total_loss(unlabelled)[1]["class_ce"].item() == 0.0
+    _, terms, outputs = ImageVAEPlan(**TINY, image_channels=16).total_loss(batch)
+    assert terms["class_ce"].item() == 0.0 and "class_logits" not in outputs
 
 
 def test_a_checkpoint_from_before_the_colour_profile_loads():

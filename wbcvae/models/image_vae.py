@@ -140,6 +140,7 @@ class ImageVAE(nn.Module):
         image_decoder: str = "study",
         image_channels: int = 64,
         colour_bins: int = 0,
+        n_classes: int = 0,
     ) -> None:
         super().__init__()
         if feature_size % 2:
@@ -177,6 +178,9 @@ class ImageVAE(nn.Module):
         # ... and z gives it back (`colour_hat`, standardised): a term on it keeps the colours in the latent.
         self.colour_decoder = nn.Linear(latent_dim, self.colour_dim) if self.colour_dim else None
         self._register_load_state_dict_pre_hook(_no_colour_in_old_checkpoints, with_module=True)
+        # With `n_classes` > 0, a linear read-out of μ names the cell type (`class_logits`), as scANVI's classifier
+        # does: a loss on it asks the latent to keep the classes apart. 0 is the study's unsupervised β-VAE.
+        self.classifier = nn.Linear(latent_dim, n_classes) if n_classes else None
 
         self.from_latent = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU())
         self.feature_decoder = nn.Sequential(
@@ -242,4 +246,6 @@ class ImageVAE(nn.Module):
         outputs = {"mu": mu, "logvar": logvar, "z": z, "h_hat": h_hat, "image_hat": image_hat, "mask_logits": mask_logits}
         if self.colour_decoder is not None:
             outputs["colour_hat"] = self.colour_decoder(z)  # B×colour_dim, standardised
+        if self.classifier is not None:
+            outputs["class_logits"] = self.classifier(mu)  # B×n_classes
         return outputs

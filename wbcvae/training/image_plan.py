@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from wbcvae.models.image_vae import ImageVAE
 from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
 from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule
+from wbcvae.vocabulary import CLASSES
 
 
 class ImageVAEPlan(VAEPlan):
@@ -31,6 +32,9 @@ class ImageVAEPlan(VAEPlan):
     averages away. With `colour_bins` the encoder reads the crop's colour profile beside h
     (`encoder_inputs`) and `colour_profile_weight`·MSE asks z to give that profile back (standardised;
     0 for a model that reads no colours), so the latent keeps what tells the classes' colours apart.
+    With `class_weight` > 0 a linear classifier reads μ and `class_weight`·its cross-entropy on the
+    batch's labels (cells labelled −1 are skipped) makes the latent name the cell type, as scANVI's
+    classifier does; the labels are the ones alignment already uses. The term is 0 without the classifier.
     Every term is computed and logged whatever its weight (a weight of 0 turns a term into a metric),
     so runs with different objectives compare on one scale.
     """
@@ -56,6 +60,7 @@ class ImageVAEPlan(VAEPlan):
         mask_weight: float = 1.0,
         colour_weight: float = 0.0,
         colour_profile_weight: float = 0.0,
+        class_weight: float = 0.0,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -65,7 +70,10 @@ class ImageVAEPlan(VAEPlan):
         super().__init__()
         check_lr_schedule(lr_schedule)
         self.save_hyperparameters()
-        self.vae = ImageVAE(in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels, colour_bins)
+        self.vae = ImageVAE(
+            in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels, colour_bins,
+            n_classes=len(CLASSES) if class_weight > 0 else 0,
+        )  # fmt: skip
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
     def on_fit_start(self) -> None:
@@ -130,6 +138,7 @@ class ImageVAEPlan(VAEPlan):
             "colour_profile_mse": (
                 F.mse_loss(outputs["colour_hat"], self.vae.standardise_colour(inputs["colour"])) if inputs else image_hat.new_zeros(())
             ),
+            "class_ce": class_cross_entropy(outputs.get("class_logits"), batch["label"].to(image_hat.device)),
         }
         hp = self.hparams
         weights = {
@@ -142,5 +151,14 @@ class ImageVAEPlan(VAEPlan):
             "mask_dice_loss": hp.mask_weight,
             "image_colour_emd": hp.colour_weight,
             "colour_profile_mse": hp.colour_profile_weight,
+            "class_ce": hp.class_weight,
         }
         return terms, weights, outputs
+
+
+def class_cross_entropy(logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled cells (label ≥ 0); 0 without a classifier or a labelled cell."""
+    labelled = labels >= 0
+    if logits is None or not labelled.any():
+        return labels.new_zeros((), dtype=torch.float32)
+    return F.cross_entropy(logits[labelled], labels[labelled])
