@@ -76,7 +76,9 @@ def test_the_pbc_config_stack_trains_with_what_it_sets(tmp_path):
     cli = run_cli("image", [*stack, "--wandb", "false", *TOY["image"], *QUIET, "--trainer.fast_dev_run", "true",
                             "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
-    assert (cli.model.hparams.alpha, cli.model.hparams.lr_schedule, cli.model.hparams.colour_bins) == (10.0, "cosine", 16)
+    hparams = cli.model.hparams
+    assert (hparams.alpha, hparams.lr_schedule, hparams.colour_bins, hparams.class_weight) == (10.0, "cosine", 16, 1.0)
+    assert cli.model.vae.classifier is not None
 
 
 def test_image_run_layout_and_offline_wandb_dashboards(tmp_path, monkeypatch):
