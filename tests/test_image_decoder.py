@@ -6,12 +6,16 @@ import math
 
 import pytest
 import torch
+import torchvision
 import yaml
 from torch.nn import functional as F
 
 from wbcvae.errors import InputError
 from wbcvae.models.image_vae import ImageVAE, Upsample2x, cell_on_grey
 from wbcvae.models.losses import LOGVAR_RANGE, colour_distance, colour_histogram, colour_profile, masked_gradient_l1, masked_ssim
+from wbcvae.models.perceptual import PerceptualNetwork, perceptual_distance
+from wbcvae.segmentation.maskrcnn import PIXEL_MEAN, PIXEL_STD
+from wbcvae.segmentation.pretrain import fit_to_detector_pixels
 from wbcvae.training.image_plan import ImageVAEPlan
 
 TINY = dict(in_channels=8, feature_size=4, image_size=32, latent_dim=4, hidden_channels=8)
@@ -115,7 +119,7 @@ def test_every_loss_term_is_finite_and_weighted_from_the_config():
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
         "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd",
-        "colour_profile_mse", "class_ce",
+        "colour_profile_mse", "class_ce", "image_perceptual",
     }  # fmt: skip
     assert all(torch.isfinite(value) for value in terms.values())
     expected = (
@@ -126,6 +130,7 @@ def test_every_loss_term_is_finite_and_weighted_from_the_config():
     )
     assert torch.allclose(loss, expected)
     assert outputs["mask_logits"].shape == (6, 1, 32, 32)
+    assert terms["image_perceptual"] == 0  # no perceptual network: the term is 0
 
 
 def test_loss_falls_on_a_handful_of_crops():
@@ -284,3 +289,61 @@ def test_a_checkpoint_from_before_the_colour_profile_loads():
     again.load_state_dict(old)
     colour = colour_profile(batch["target"], batch["mask"], 8)
     torch.testing.assert_close(again.encode(batch["features"], colour)[0], reader.encode(batch["features"], colour)[0])
+
+
+def pretrained_resnet(path) -> torchvision.models.ResNet:
+    """Write a ResNet-18 state dict to `path` as `wbcvae segment pretrain` does (random weights, fitted to the
+    detector's pixels); return the ResNet that computes what the file holds, on normalised pixels."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=13)
+    torch.save(fit_to_detector_pixels(resnet.state_dict()), path)
+    fitted = torchvision.models.resnet18(num_classes=13)
+    fitted.load_state_dict(torch.load(path, weights_only=True))
+    return fitted.eval()
+
+
+def test_the_perceptual_network_is_the_pretrained_resnets_first_stages_frozen(tmp_path):
+    fitted = pretrained_resnet(tmp_path / "resnet18.pth")
+    network = PerceptualNetwork()
+    network.load_file(tmp_path / "resnet18.pth")
+    image = torch.rand(2, 3, 32, 32)
+    x = (image - torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    quarter = fitted.layer1(fitted.maxpool(fitted.relu(fitted.bn1(fitted.conv1(x)))))
+    first, second = network(image)
+    torch.testing.assert_close(first, quarter)
+    torch.testing.assert_close(second, fitted.layer2(quarter))
+    network.train()  # as Lightning does at the start of a fit: batch norm must keep its statistics
+    assert not network.training and not any(module.training for module in network.modules())
+    assert not any(parameter.requires_grad for parameter in network.parameters())
+    with pytest.raises(InputError, match="fits this network"):
+        PerceptualNetwork("resnet50").load_file(tmp_path / "resnet18.pth")
+    with pytest.raises(InputError, match="does not exist"):
+        network.load_file(tmp_path / "missing.pth")
+
+
+def test_perceptual_distance_is_zero_for_the_same_cell_and_ignores_the_background(tmp_path):
+    pretrained_resnet(tmp_path / "resnet18.pth")
+    network = PerceptualNetwork()
+    network.load_file(tmp_path / "resnet18.pth")
+    batch = crops(4)
+    target, mask = batch["target"], batch["mask"]
+    elsewhere = torch.where(mask > 0, target, torch.rand_like(target))  # other pixels outside the cell only
+    blurred = F.avg_pool2d(target, 5, stride=1, padding=2)
+    assert perceptual_distance(network, target, target, mask) == 0
+    assert perceptual_distance(network, elsewhere, target, mask) == 0
+    assert perceptual_distance(network, blurred, target, mask) > 0
+
+
+def test_the_perceptual_term_falls_on_a_handful_of_crops_and_needs_its_network(tmp_path):
+    pretrained_resnet(tmp_path / "resnet18.pth")
+    torch.manual_seed(0)
+    plan = ImageVAEPlan(
+        **TINY, image_channels=16, perceptual_weight=1.0, perceptual_network=str(tmp_path / "resnet18.pth"), perceptual_cells=4, lr=3e-3
+    )  # fmt: skip
+    plan.perceptual.load_file(tmp_path / "resnet18.pth")  # what a fresh run's on_fit_start does
+    batch = crops()
+    first = plan.total_loss(batch)[1]["image_perceptual"].item()
+    fit(plan, batch, steps=30)
+    assert 0 < plan.total_loss(batch)[1]["image_perceptual"].item() < 0.8 * first
+    with pytest.raises(InputError, match="perceptual_network"):
+        ImageVAEPlan(**TINY, perceptual_weight=1.0)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+import torchvision
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
@@ -350,6 +351,26 @@ def test_an_image_plan_reading_colours_fits_their_statistics_beside_the_features
     assert torch.allclose(plan.vae.colour_std.double(), profiles.std(0, unbiased=False).clamp_min(1e-6), atol=1e-5)
     embedded = embed(tmp_path / "last.ckpt", feature_store, tmp_path / "image.h5ad", batch_size=10, device="cpu")
     assert embedded.obsm[EMBEDDING_KEY].shape == (24, 50)
+
+
+def test_a_fresh_run_reads_the_perceptual_network_and_its_checkpoint_carries_it(feature_store, tmp_path):
+    """The `.pth` is read when the run starts; the checkpoint then holds its tensors, so the model loads
+    (to align, embed or score it) where the file is gone."""
+    from wbcvae.checkpoints import load_plan
+    from wbcvae.features.datamodule import FeatureDataModule
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=13).state_dict(), weights)
+    plan = ImageVAEPlan(perceptual_weight=1.0, perceptual_network=str(weights), perceptual_cells=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    trainer.fit(plan, FeatureDataModule(feature_store, batch_size=8))
+    saved = torch.load(weights, weights_only=True)
+    assert torch.equal(plan.perceptual.stem[0].weight, saved["conv1.weight"])
+    assert torch.equal(plan.perceptual.stages[1][0].conv1.weight, saved["layer2.0.conv1.weight"])
+    weights.unlink()
+    loaded, _ = load_plan(tmp_path / "last.ckpt", kind="image")
+    assert torch.equal(loaded.perceptual.stages[1][0].conv1.weight, saved["layer2.0.conv1.weight"])
 
 
 # --- one kNN protocol, inputs checked before a run folder, one-line config errors, a quiet run --------

@@ -75,6 +75,21 @@ def read_checkpoint(path: str | os.PathLike, *kinds: str, map_location: str | to
     return checkpoint
 
 
+def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """The tensors of a local `.pth` state dict (a bare one, or under "state_dict"), read safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist (nothing is downloaded: give a local .pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise InputError(f"{path}: not a readable torch state dict ({type(err).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{path}: expected a state dict of tensors")
+    return state
+
+
 def load_plan(
     ckpt: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None
 ) -> tuple[VAEPlan, dict]:

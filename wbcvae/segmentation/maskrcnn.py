@@ -28,7 +28,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint, rebuild, saved_hparams
+from wbcvae.checkpoints import MASKRCNN_KEY, read_checkpoint, read_state_dict, rebuild, saved_hparams
 from wbcvae.errors import InputError
 from wbcvae.segmentation.metrics import iou
 from wbcvae.vocabulary import CLASSES
@@ -157,15 +157,7 @@ def load_weights(model: MaskRCNN, path: str | os.PathLike) -> dict[str, Any]:
     fit and are skipped) or a classification ResNet's (its layers go into the backbone body).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"weights file {path} does not exist (nothing is downloaded: give a local .pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise InputError(f"{path}: not a readable torch state dict ({type(err).__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not state:
-        raise InputError(f"{path}: expected a state dict of tensors")
+    state = read_state_dict(path)
     if not any(key.startswith("backbone.") for key in state):
         state = {f"backbone.body.{key}": value for key, value in state.items()}  # its `fc` fits nothing: skipped
     own = model.state_dict()

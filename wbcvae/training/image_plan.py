@@ -7,8 +7,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn import functional as F
 
+from wbcvae.errors import InputError
 from wbcvae.models.image_vae import ImageVAE
 from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
+from wbcvae.models.perceptual import PerceptualNetwork, perceptual_distance
 from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule
 from wbcvae.vocabulary import CLASSES
 
@@ -35,6 +37,11 @@ class ImageVAEPlan(VAEPlan):
     With `class_weight` > 0 a linear classifier reads μ and `class_weight`·its cross-entropy on the
     batch's labels (cells labelled −1 are skipped) makes the latent name the cell type, as scANVI's
     classifier does; the labels are the ones alignment already uses. The term is 0 without the classifier.
+    With `perceptual_network` (the `.pth` of `wbcvae segment pretrain`) `perceptual_weight`·the distance
+    between m·Î and m·I in that frozen ResNet's first stages asks for the nucleus' outline and lobes; the
+    file is read when a fresh run starts, then its tensors travel in the checkpoint. The term is 0 without it,
+    and is measured on the batch's first `perceptual_cells` cells (a random sample of a shuffled batch): on a
+    CPU the ResNet costs about as much per cell as the rest of a training step.
     Every term is computed and logged whatever its weight (a weight of 0 turns a term into a metric),
     so runs with different objectives compare on one scale.
     """
@@ -61,6 +68,10 @@ class ImageVAEPlan(VAEPlan):
         colour_weight: float = 0.0,
         colour_profile_weight: float = 0.0,
         class_weight: float = 0.0,
+        perceptual_weight: float = 0.0,
+        perceptual_network: str | None = None,
+        perceptual_backbone: str = "resnet18",
+        perceptual_cells: int = 8,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -74,11 +85,16 @@ class ImageVAEPlan(VAEPlan):
             in_channels, feature_size, image_size, latent_dim, hidden_channels, image_decoder, image_channels, colour_bins,
             n_classes=len(CLASSES) if class_weight > 0 else 0,
         )  # fmt: skip
+        if perceptual_weight > 0 and not perceptual_network:
+            raise InputError("perceptual_weight needs perceptual_network: the .pth that `wbcvae segment pretrain` writes")
+        self.perceptual = PerceptualNetwork(perceptual_backbone) if perceptual_network else None
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
     def on_fit_start(self) -> None:
-        if self.statistics_cells == 0:
+        if self.statistics_cells == 0:  # a fresh run (a resumed or loaded one has both in its checkpoint)
             self.fit_feature_statistics()
+            if self.perceptual is not None:
+                self.perceptual.load_file(self.hparams.perceptual_network)
         super().on_fit_start()  # reseeds after the pass above, so that pass leaves no trace on the run
 
     @torch.no_grad()
@@ -126,6 +142,7 @@ class ImageVAEPlan(VAEPlan):
         inputs = self.encoder_inputs(batch)
         outputs = self.vae(batch[self.input_key], **inputs)
         image_hat, target, mask = outputs["image_hat"], batch["target"], batch["mask"]
+        hp = self.hparams
         terms = {
             "features_mse": F.mse_loss(self.vae.standardise(outputs["h_hat"]), self.vae.standardise(batch["features"])),
             "image_mse": F.mse_loss(mask * image_hat, mask * target),
@@ -134,13 +151,17 @@ class ImageVAEPlan(VAEPlan):
             "image_gradient_l1": masked_gradient_l1(image_hat, target, mask),
             "mask_bce": F.binary_cross_entropy_with_logits(outputs["mask_logits"], mask),
             "mask_dice_loss": soft_dice_loss(outputs["mask_logits"], mask),
-            "image_colour_emd": colour_distance(image_hat, target, mask, self.hparams.colour_bins or COLOUR_BINS),
+            "image_colour_emd": colour_distance(image_hat, target, mask, hp.colour_bins or COLOUR_BINS),
             "colour_profile_mse": (
                 F.mse_loss(outputs["colour_hat"], self.vae.standardise_colour(inputs["colour"])) if inputs else image_hat.new_zeros(())
             ),
             "class_ce": class_cross_entropy(outputs.get("class_logits"), batch["label"].to(image_hat.device)),
+            "image_perceptual": (
+                perceptual_distance(self.perceptual, *(x[: hp.perceptual_cells] for x in (image_hat, target, mask)))
+                if self.perceptual is not None
+                else image_hat.new_zeros(())
+            ),
         }
-        hp = self.hparams
         weights = {
             "features_mse": hp.alpha,
             "image_mse": hp.gamma,
@@ -152,6 +173,7 @@ class ImageVAEPlan(VAEPlan):
             "image_colour_emd": hp.colour_weight,
             "colour_profile_mse": hp.colour_profile_weight,
             "class_ce": hp.class_weight,
+            "image_perceptual": hp.perceptual_weight,
         }
         return terms, weights, outputs
 

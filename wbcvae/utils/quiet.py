@@ -22,3 +22,5 @@ def silence_third_party_noise() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     # `wbcvae train …` hands LightningCLI its own argv tail on purpose; Lightning warns that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # The image plan's perceptual network stays in eval mode on purpose (frozen batch norm, `PerceptualNetwork`).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
