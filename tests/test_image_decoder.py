@@ -347,3 +347,5 @@ def test_the_perceptual_term_falls_on_a_handful_of_crops_and_needs_its_network(t
     assert 0 < plan.total_loss(batch)[1]["image_perceptual"].item() < 0.8 * first
     with pytest.raises(InputError, match="perceptual_network"):
         ImageVAEPlan(**TINY, perceptual_weight=1.0)
+    with pytest.raises(InputError, match="perceptual_cells must be at least 1"):
+        ImageVAEPlan(**TINY, perceptual_cells=0)

@@ -87,6 +87,8 @@ class ImageVAEPlan(VAEPlan):
         )  # fmt: skip
         if perceptual_weight > 0 and not perceptual_network:
             raise InputError("perceptual_weight needs perceptual_network: the .pth that `wbcvae segment pretrain` writes")
+        if perceptual_cells < 1:
+            raise InputError(f"perceptual_cells must be at least 1 (cells of each batch the perceptual term is measured on), got {perceptual_cells}")
         self.perceptual = PerceptualNetwork(perceptual_backbone) if perceptual_network else None
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
