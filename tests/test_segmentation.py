@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 # (nucleus) on the synthetic world (bench/segmentation_quality.py).
 CLASSICAL_FLOOR = 0.75
 # Mask R-CNN from random init: after 80 CPU steps it measures ~0.9 (slow test); the fast test's 8
-# steps (~0.6 measured) only have to show learning has begun: a random model detects nothing and scores 0.
+# steps only have to show learning has begun: a random model detects nothing and scores 0. After 8 steps
+# the score hangs on the CPU's float order: ~0.6 on the machines it was written on, 0.18 on another
+# (the same seed and code; that machine's 80-step run passes the slow test's floor).
 MASKRCNN_FLOOR = 0.75
-MASKRCNN_FAST_FLOOR = 0.3
+MASKRCNN_FAST_FLOOR = 0.1
 
 
 
