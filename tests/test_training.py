@@ -366,11 +366,11 @@ def test_a_fresh_run_reads_the_perceptual_network_and_its_checkpoint_carries_it(
                         callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
     trainer.fit(plan, FeatureDataModule(feature_store, batch_size=8))
     saved = torch.load(weights, weights_only=True)
-    assert torch.equal(plan.perceptual.stem[0].weight, saved["conv1.weight"])
-    assert torch.equal(plan.perceptual.stages[1][0].conv1.weight, saved["layer2.0.conv1.weight"])
+    assert torch.equal(plan.perceptual.conv1.weight, saved["conv1.weight"])
+    assert torch.equal(plan.perceptual.layer2[0].conv1.weight, saved["layer2.0.conv1.weight"])
     weights.unlink()
     loaded, _ = load_plan(tmp_path / "last.ckpt", kind="image")
-    assert torch.equal(loaded.perceptual.stages[1][0].conv1.weight, saved["layer2.0.conv1.weight"])
+    assert torch.equal(loaded.perceptual.layer2[0].conv1.weight, saved["layer2.0.conv1.weight"])
 
 
 # --- one kNN protocol, inputs checked before a run folder, one-line config errors, a quiet run --------

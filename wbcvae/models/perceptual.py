@@ -17,24 +17,23 @@ import torchvision
 from torch import nn
 
 from wbcvae.checkpoints import read_state_dict
-from wbcvae.errors import InputError
+from wbcvae.errors import InputError, one_line
 from wbcvae.models.image_vae import NEUTRAL_GREY
 
 # The pretrained file is fitted to the detector's pixel normalisation (`fit_to_detector_pixels`).
 from wbcvae.segmentation.maskrcnn import PIXEL_MEAN, PIXEL_STD, check_backbone
 
-STAGES = ("layer1", "layer2")  # at a quarter and an eighth of the crop: outlines, lobes, granules; deeper costs more than it adds on a CPU
-
-
 class PerceptualNetwork(nn.Module):
-    """A ResNet's stem and its first two stages, frozen: image (B×3×S×S in [0, 1]) → two feature maps."""
+    """A ResNet's stem and its first two stages, frozen: image (B×3×S×S in [0, 1]) → two feature maps.
+    Its modules keep torchvision's names (`conv1`, `bn1`, `layer1`, …), so a ResNet state dict loads as it is."""
 
     def __init__(self, backbone: str = "resnet18") -> None:
         super().__init__()
         check_backbone(backbone)
         resnet = torchvision.models.get_model(backbone, weights=None)
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.stages = nn.ModuleList(getattr(resnet, name) for name in STAGES)
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        # at a quarter and an eighth of the crop: outlines, lobes, granules; deeper stages cost more than they add on a CPU
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -47,26 +46,17 @@ class PerceptualNetwork(nn.Module):
     def load_file(self, path: str | os.PathLike) -> None:
         """Copy the stem and stages from a ResNet state dict (the `.pth` `wbcvae segment pretrain` writes)."""
         state = read_state_dict(path, "perceptual network")
-        renamed = {"conv1.": "stem.0.", "bn1.": "stem.1.", **{f"{name}.": f"stages.{i}." for i, name in enumerate(STAGES)}}
         own = self.state_dict()
-        fitting = {}
-        for key, value in state.items():
-            for old, new in renamed.items():
-                if key.startswith(old) and (new + key[len(old):]) in own:
-                    fitting[new + key[len(old):]] = value
-        missing = [key for key in own if key not in fitting or fitting[key].shape != own[key].shape]
-        if missing:
-            raise InputError(f"{path}: not a ResNet state dict that fits this network ({len(missing)} tensors missing or of "
-                             f"another shape, e.g. {missing[0]}); give the .pth `wbcvae segment pretrain` writes")
-        self.load_state_dict(fitting)
+        try:
+            self.load_state_dict({key: value for key, value in state.items() if key in own})
+        except RuntimeError as err:  # missing tensors, or tensors of another shape (another backbone)
+            raise InputError(
+                f"{path}: not a ResNet state dict that fits this network ({one_line(err)[:200]}); give the .pth `wbcvae segment pretrain` writes"
+            ) from None
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem((image - self.pixel_mean) / self.pixel_std)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        quarter = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1((image - self.pixel_mean) / self.pixel_std)))))
+        return [quarter, self.layer2(quarter)]
 
 
 def perceptual_distance(network: PerceptualNetwork, image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
