@@ -119,7 +119,7 @@ def test_every_loss_term_is_finite_and_weighted_from_the_config():
     loss, terms, outputs = plan.total_loss(crops())
     assert set(terms) == {
         "features_mse", "image_mse", "kl", "image_ssim_loss", "image_gradient_l1", "mask_bce", "mask_dice_loss", "image_colour_emd",
-        "colour_profile_mse", "class_ce", "image_perceptual",
+        "colour_profile_mse", "class_ce", "image_perceptual", "image_adversarial", "discriminator_bce",
     }  # fmt: skip
     assert all(torch.isfinite(value) for value in terms.values())
     expected = (
@@ -131,6 +131,7 @@ def test_every_loss_term_is_finite_and_weighted_from_the_config():
     assert torch.allclose(loss, expected)
     assert outputs["mask_logits"].shape == (6, 1, 32, 32)
     assert terms["image_perceptual"] == 0  # no perceptual network: the term is 0
+    assert terms["image_adversarial"] == terms["discriminator_bce"] == 0  # no discriminator: both are 0
 
 
 def test_loss_falls_on_a_handful_of_crops():

@@ -373,6 +373,23 @@ def test_a_fresh_run_reads_the_perceptual_network_and_its_checkpoint_carries_it(
     assert torch.equal(loaded.perceptual.layer2[0].conv1.weight, saved["layer2.0.conv1.weight"])
 
 
+def test_the_adversarial_term_trains_through_lightning_and_its_discriminator_travels_in_the_checkpoint(feature_store, tmp_path):
+    """Both players in Lightning's one optimiser (the adaptive weight's gradients inside a training step), a
+    validation pass without gradients, and a checkpoint that loads the discriminator back."""
+    from wbcvae.checkpoints import load_plan
+    from wbcvae.features.datamodule import FeatureDataModule
+
+    plan = ImageVAEPlan(adversarial_weight=1.0, adversarial_cells=4, adversarial_start=1)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=1, val_check_interval=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    trainer.fit(plan, FeatureDataModule(feature_store, batch_size=8))
+    logged = trainer.callback_metrics
+    assert torch.isfinite(logged["val/image_adversarial"]) and logged["val/discriminator_bce"] > 0
+    assert plan.adversarial_balance > 0  # measured in the training steps after the start
+    loaded, _ = load_plan(tmp_path / "last.ckpt", kind="image")
+    assert torch.equal(loaded.discriminator.body[0].weight, plan.discriminator.body[0].weight)
+
+
 # --- one kNN protocol, inputs checked before a run folder, one-line config errors, a quiet run --------
 
 

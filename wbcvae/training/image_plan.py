@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn import functional as F
 
 from wbcvae.errors import InputError
+from wbcvae.models.adversarial import PatchDiscriminator, adaptive_weight, adversarial_losses
 from wbcvae.models.image_vae import ImageVAE
 from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
 from wbcvae.models.perceptual import PerceptualNetwork, perceptual_distance
@@ -42,6 +43,12 @@ class ImageVAEPlan(VAEPlan):
     file is read when a fresh run starts, then its tensors travel in the checkpoint. The term is 0 without it,
     and is measured on the batch's first `perceptual_cells` cells (a random sample of a shuffled batch): on a
     CPU the ResNet costs about as much per cell as the rest of a training step.
+    With `adversarial_weight` > 0 a patch discriminator learns beside the β-VAE to tell the crops from the decoded
+    cells (reconstructions and mixes of two cells' latents, `wbcvae.models.adversarial`), on the batch's first
+    `adversarial_cells` cells; the decoder's term is weighted `adversarial_weight` × the ratio of the pixel term's
+    gradient to its own at the last layer (VQGAN's balance), the discriminator's own loss (`discriminator_bce`)
+    counts only while training and reaches only the discriminator. The decoder's term starts at optimiser step
+    `adversarial_start` (the discriminator learns from the first), once the decoder draws a cell at all.
     Every term is computed and logged whatever its weight (a weight of 0 turns a term into a metric),
     so runs with different objectives compare on one scale.
     """
@@ -72,6 +79,9 @@ class ImageVAEPlan(VAEPlan):
         perceptual_network: str | None = None,
         perceptual_backbone: str = "resnet18",
         perceptual_cells: int = 8,
+        adversarial_weight: float = 0.0,
+        adversarial_cells: int = 16,
+        adversarial_start: int = 0,
         kl_warmup_steps: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -90,6 +100,11 @@ class ImageVAEPlan(VAEPlan):
         if perceptual_cells < 1:
             raise InputError(f"perceptual_cells must be at least 1 (cells of each batch the perceptual term is measured on), got {perceptual_cells}")
         self.perceptual = PerceptualNetwork(perceptual_backbone) if perceptual_network else None
+        if adversarial_cells < 2:
+            raise InputError(f"adversarial_cells must be at least 2 (a mix needs two cells), got {adversarial_cells}")
+        self.discriminator = PatchDiscriminator() if adversarial_weight > 0 else None
+        # The decoder's adversarial weight of the last training step; validation has no gradients to measure it.
+        self.register_buffer("adversarial_balance", torch.ones(()), persistent=False)
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
 
     def on_fit_start(self) -> None:
@@ -164,6 +179,7 @@ class ImageVAEPlan(VAEPlan):
                 else image_hat.new_zeros(())
             ),
         }
+        terms["image_adversarial"], terms["discriminator_bce"] = self.adversarial_terms(outputs, target, mask)
         weights = {
             "features_mse": hp.alpha,
             "image_mse": hp.gamma,
@@ -176,8 +192,28 @@ class ImageVAEPlan(VAEPlan):
             "colour_profile_mse": hp.colour_profile_weight,
             "class_ce": hp.class_weight,
             "image_perceptual": hp.perceptual_weight,
+            "image_adversarial": hp.adversarial_weight * self.balance_adversarial(terms),
+            "discriminator_bce": float(self.training and self.discriminator is not None),
         }
         return terms, weights, outputs
+
+    def adversarial_terms(self, outputs: Outputs, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the decoder's adversarial loss, the discriminator's) on the batch's first `adversarial_cells`; 0 without one."""
+        if self.discriminator is None:
+            return target.new_zeros(()), target.new_zeros(())
+        cells = self.hparams.adversarial_cells
+        judged = {name: outputs[name][:cells] for name in ("mu", "image_hat", "mask_logits")}
+        return adversarial_losses(self.discriminator, self.vae, judged, target[:cells], mask[:cells])
+
+    def balance_adversarial(self, terms: dict[str, torch.Tensor]) -> float:
+        """The adversarial term's weight relative to `adversarial_weight`: measured while gradients flow, else the last
+        one; 0 before `adversarial_start`."""
+        if self.training and self.global_step < self.hparams.adversarial_start:
+            return 0.0
+        if self.discriminator is not None and torch.is_grad_enabled() and terms["image_adversarial"].requires_grad:
+            pixel = self.hparams.gamma * terms["image_mse"]
+            self.adversarial_balance.copy_(adaptive_weight(pixel, terms["image_adversarial"], self.vae.to_pixels[0].weight))
+        return float(self.adversarial_balance)
 
 
 def class_cross_entropy(logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
