@@ -27,6 +27,9 @@ Protocol (one for every number):
   over m: a reference implementation, not the training loss's own luminance SSIM); baselines: the same for the PCA-50
   reconstruction of the masked pixels and for the training cells' mean cell (per pixel, the mean colour of
   the training cells covering it).
+- *Nucleus solidity* of the segmented neutrophils (images only): the nucleus' area over that of its convex hull,
+  as the stain segmenter finds it in the input and in each reconstruction. Lobes joined by thin strands score
+  well under 1, a round or kidney blob near 1: does the decoder draw the segments the input has?
 - For image checkpoints a figure of held-out cells, one per class: input, masked target, the reconstruction
   inside its own predicted mask on grey (the store's mask for a model without a mask head), the PCA-50 one.
 
@@ -47,6 +50,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
+from skimage.morphology import convex_hull_image
 from sklearn.decomposition import PCA
 from torch.utils.data import DataLoader
 
@@ -154,15 +158,23 @@ def on_slide(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return cell_on_grey(torch.from_numpy(images), torch.from_numpy(masks), grey=SLIDE).numpy()
 
 
-def nucleus_iou(inputs: np.ndarray, reconstructions: np.ndarray, segmenter: StainSegmenter) -> np.ndarray:
-    """Per cell, IoU of the nucleus the stain segmenter finds in the input and in the reconstruction
-    (both already on the slide background); 1 when it finds none in either."""
+def nuclei(images: np.ndarray, segmenter: StainSegmenter) -> list[np.ndarray]:
+    """The nucleus mask the stain segmenter finds in each image (B×3×S×S, already on the slide background)."""
+    return [segmenter(image.transpose(1, 2, 0)).nucleus for image in images]
+
+
+def nucleus_iou(truth: list[np.ndarray], drawn: list[np.ndarray]) -> np.ndarray:
+    """Per cell, IoU of the nucleus found in the input and in the reconstruction (`nuclei`); 1 when neither has one."""
     scores = []
-    for truth, recon in zip(inputs, reconstructions):
-        a, b = (segmenter(image.transpose(1, 2, 0)).nucleus for image in (truth, recon))
+    for a, b in zip(truth, drawn):
         union = (a | b).sum()
         scores.append((a & b).sum() / union if union else 1.0)
     return np.asarray(scores)
+
+
+def nucleus_solidity(found: list[np.ndarray]) -> np.ndarray:
+    """Per cell, the nucleus' area over its convex hull's (all its pieces together); NaN where none was found."""
+    return np.asarray([n.sum() / convex_hull_image(n).sum() if n.any() else np.nan for n in found])
 
 
 def masked_ssim(inputs: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -180,10 +192,11 @@ def pca_images(pca: PCA, masked: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
     return np.clip(pca.inverse_transform(pca.transform(masked)), 0, 1).reshape(-1, *shape).astype(np.float32)
 
 
-def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple[dict, dict, int]:
-    """Nucleus IoU and masked SSIM (means over at most `max_cells` held-out cells, a seeded draw so that a
-    store sorted by class is not cut to its first classes) of the model, the PCA-50 reconstruction and the
-    training mean cell; and how many cells they were measured on."""
+def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple[dict, dict, dict, int]:
+    """Nucleus IoU, masked SSIM and the segmented neutrophils' nucleus solidity (means over at most `max_cells`
+    held-out cells, a seeded draw so that a store sorted by class is not cut to its first classes) of the model,
+    the PCA-50 reconstruction and the training mean cell (solidity of the inputs too); and how many cells
+    they were measured on."""
     total = len(test["label"])
     chosen = np.sort(np.random.default_rng(0).permutation(total)[:max_cells])
     target, mask = test["target"][chosen], test["mask"][chosen]
@@ -198,12 +211,23 @@ def pixel_measures(train: Split, test: Split, pca: PCA, max_cells: int) -> tuple
     }
     truth = on_slide(target, mask)
     segmenter = StainSegmenter()
+    truth_nuclei = nuclei(truth, segmenter)
+    segmented = test["label"][chosen] == CLASS_INDEX["neutrophil_segmented"]
+    solidity = {"input": segmented_solidity(truth_nuclei, segmented)}
     iou, ssim = {}, {}
     for name, images in candidates.items():
         shown = on_slide(np.ascontiguousarray(images), mask)
-        iou[name] = float(np.mean(nucleus_iou(truth, shown, segmenter)))
+        drawn = nuclei(shown, segmenter)
+        iou[name] = float(np.mean(nucleus_iou(truth_nuclei, drawn)))
         ssim[name] = float(np.nanmean(masked_ssim(truth, shown, mask)))
-    return iou, ssim, len(chosen)
+        solidity[name] = segmented_solidity(drawn, segmented)
+    return iou, ssim, solidity, len(chosen)
+
+
+def segmented_solidity(found: list[np.ndarray], segmented: np.ndarray) -> float:
+    """Mean nucleus solidity over the segmented neutrophils (NaN without one, or where no nucleus was found)."""
+    values = nucleus_solidity([n for n, keep in zip(found, segmented) if keep])
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def reconstruction_figure(test: Split, pca: PCA, title: str, path: Path) -> None:
@@ -303,7 +327,9 @@ def evaluate(ckpt: Path, device: str, figure: Path | None, max_cells: int, test_
     result["knn5_accuracy"] = {name: knn_accuracy(a, train["label"], b, test["label"], k=5) for name, (a, b) in codes.items()}
     result["stage_spearman"] = {name: stage_spearman(a, train["label"], b, test["label"]) for name, (a, b) in codes.items()}
     if "image_hat" in test:
-        result["nucleus_iou"], result["masked_ssim"], result["pixel_cells"] = pixel_measures(train, test, pcas["image"], pixel_cells)
+        result["nucleus_iou"], result["masked_ssim"], result["nucleus_solidity"], result["pixel_cells"] = pixel_measures(
+            train, test, pcas["image"], pixel_cells
+        )
         if figure is not None:
             reconstruction_figure(test, pcas["image"], f"held-out cells of {Path(result['held_out']).name}, trained on {Path(result['data']).name}", figure)
             result["figure"] = str(figure)
@@ -327,20 +353,20 @@ def pipeline_checkpoints(folder: Path) -> list[Path]:
     return found
 
 
-COLUMNS = ("model", "pca50_features", "pca50_image", "pca50_features+image", "colour_profile", "pca50_expression", "training_mean")
-HEADERS = {"model": "β-VAE", "pca50_features": "PCA-50 RoI features", "pca50_image": "PCA-50 masked pixels",
+COLUMNS = ("input", "model", "pca50_features", "pca50_image", "pca50_features+image", "colour_profile", "pca50_expression", "training_mean")
+HEADERS = {"input": "the input itself", "model": "β-VAE", "pca50_features": "PCA-50 RoI features", "pca50_image": "PCA-50 masked pixels",
            "pca50_features+image": "both PCA-50 side by side", "colour_profile": "colour profile", "pca50_expression": "PCA-50 expression",
            "training_mean": "training mean"}  # fmt: skip
 
 
 def markdown(result: dict) -> str:
     """One result as a table: measures in rows, the β-VAE and its baselines in columns."""
-    columns = [c for c in COLUMNS if c in ("model", "training_mean") or c in result["knn5_accuracy"]]
+    columns = [c for c in COLUMNS if c in ("model", "training_mean") or c in result["knn5_accuracy"] or c in result.get("nucleus_solidity", {})]
     rows = {
         f"kNN(5) accuracy (chance {result['chance_accuracy']:.3f})": {("model" if k == "latent" else k): v for k, v in result["knn5_accuracy"].items()},
         f"stage Spearman ρ ({result['stage_cells']} cells)": {("model" if k == "latent" else k): v for k, v in result["stage_spearman"].items()},
     }
-    for name, key in (("nucleus IoU", "nucleus_iou"), ("masked SSIM", "masked_ssim")):
+    for name, key in (("nucleus IoU", "nucleus_iou"), ("masked SSIM", "masked_ssim"), ("nucleus solidity, segmented neutrophils", "nucleus_solidity")):
         if key in result:
             rows[f"{name} ({result['pixel_cells']} cells)"] = result[key]
     for term, values in result["reconstruction_mse"].items():

@@ -94,6 +94,7 @@ def test_quality_on_a_store_of_another_source_has_every_measure_with_baselines(t
     # The PCA-50 reconstruction of such simple cells is near perfect, far better than their mean cell.
     assert result["nucleus_iou"]["pca50_image"] > 0.9 > result["nucleus_iou"]["training_mean"]
     assert result["masked_ssim"]["pca50_image"] > result["masked_ssim"]["training_mean"]
+    assert set(result["nucleus_solidity"]) == {"input", "model", "pca50_image", "training_mean"}  # NaN: no segmented cell here
     assert set(result["reconstruction_mse"]) == {"features", "image"}
     assert result["reconstruction_mse"]["image"]["pca50_image"] < result["reconstruction_mse"]["image"]["training_mean"]
     assert figure.stat().st_size > 0
@@ -107,9 +108,21 @@ def test_a_perfect_reconstruction_scores_one():
     assert np.allclose(quality.masked_ssim(images, images, masks), 1.0)
     segmenter = quality.StainSegmenter()
     assert all(segmenter(image.transpose(1, 2, 0)).found for image in images)  # so IoU 1 is not two empty nuclei
-    assert np.allclose(quality.nucleus_iou(images, images, segmenter), 1.0)
+    found = quality.nuclei(images, segmenter)
+    assert np.allclose(quality.nucleus_iou(found, found), 1.0)
     shifted = np.roll(images, 8, axis=-1)  # the nucleus drawn 8 px off
-    assert quality.nucleus_iou(images, shifted, segmenter).max() < 0.8
+    assert quality.nucleus_iou(found, quality.nuclei(shifted, segmenter)).max() < 0.8
+
+
+def test_nucleus_solidity_tells_lobes_from_a_round_nucleus():
+    rows, cols = np.mgrid[:64, :64]
+    round_nucleus = (rows - 32) ** 2 + (cols - 32) ** 2 < 15**2
+    lobes = np.zeros((64, 64), bool)
+    for cy, cx in ((20, 20), (44, 24), (30, 46)):  # three lobes joined by a one-pixel strand
+        lobes |= (rows - cy) ** 2 + (cols - cx) ** 2 < 7**2
+    lobes[20:45, 20] = lobes[30, 20:47] = True
+    solidity = quality.nucleus_solidity([round_nucleus, lobes, np.zeros((64, 64), bool)])
+    assert solidity[0] > 0.95 and solidity[1] < 0.6 and np.isnan(solidity[2])
 
 
 def test_stage_order_is_the_projection_on_the_promyelocyte_to_segmented_line():
