@@ -83,6 +83,22 @@ def test_the_decoders_term_waits_for_its_start_step_and_the_settings_are_checked
         ImageVAEPlan(**TINY, adversarial_weight=1.0, adversarial_cells=1)
 
 
+def test_before_its_start_the_term_leaves_the_vaes_draws_and_gradients_alone():
+    """The mixes draw from a generator of their own: until `adversarial_start` a run with the term is the run without it."""
+    batch = crops()
+    plain, adversarial = ImageVAEPlan(**TINY, image_channels=16), adversarial_plan(adversarial_start=10)
+    adversarial.vae.load_state_dict(plain.vae.state_dict())
+    seen = []
+    for plan in (plain, adversarial):
+        torch.manual_seed(5)
+        loss, _, outputs = plan.total_loss(batch)
+        loss.backward()
+        seen.append((outputs["z"], torch.rand(3), [p.grad for p in plan.vae.parameters()]))
+    (z, after, grads), (z_adversarial, after_adversarial, grads_adversarial) = seen
+    assert torch.equal(z, z_adversarial) and torch.equal(after, after_adversarial)  # the global RNG moved alike
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_adversarial))
+
+
 def test_a_blurred_cell_is_what_the_discriminator_learns_to_call_decoded():
     """The premise: real crops and their blur are told apart by patches alone (the decoder's blur is what it punishes)."""
     torch.manual_seed(0)

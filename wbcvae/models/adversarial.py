@@ -48,19 +48,25 @@ class PatchDiscriminator(nn.Module):
         return self.body(2 * image - 1)
 
 
-def latent_mixes(mu: torch.Tensor) -> torch.Tensor:
+def latent_mixes(mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each cell's μ mixed with another cell's of the batch, a uniform share of each (B×D)."""
-    partner = torch.randperm(len(mu), device=mu.device)
-    share = torch.rand(len(mu), 1, device=mu.device, dtype=mu.dtype)
+    partner = torch.randperm(len(mu), generator=generator, device=generator.device if generator else mu.device).to(mu.device)
+    share = torch.rand(len(mu), 1, generator=generator, device=generator.device if generator else mu.device, dtype=mu.dtype).to(mu.device)
     return share * mu + (1 - share) * mu[partner]
 
 
 def adversarial_losses(
-    discriminator: PatchDiscriminator, vae: ImageVAE, outputs: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor
+    discriminator: PatchDiscriminator,
+    vae: ImageVAE,
+    outputs: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the decoder's non-saturating loss, the discriminator's loss) on the cells of `outputs` (a β-VAE's
-    forward of the crops `target` with cell masks `mask`): real crops against their reconstructions and mixes."""
-    _, mixed, mixed_mask = vae.decode(latent_mixes(outputs["mu"]))
+    forward of the crops `target` with cell masks `mask`): real crops against their reconstructions and mixes
+    (drawn with `generator`)."""
+    _, mixed, mixed_mask = vae.decode(latent_mixes(outputs["mu"], generator))
     decoded = torch.cat([outputs["image_hat"], mixed])
     decoded = cell_on_grey(decoded, torch.cat([outputs["mask_logits"], mixed_mask]).sigmoid().detach())
     real = cell_on_grey(target, mask)

@@ -12,7 +12,7 @@ from wbcvae.models.adversarial import PatchDiscriminator, adaptive_weight, adver
 from wbcvae.models.image_vae import ImageVAE
 from wbcvae.models.losses import COLOUR_BINS, colour_distance, colour_profile, kl_divergence, masked_gradient_l1, masked_ssim, soft_dice_loss
 from wbcvae.models.perceptual import PerceptualNetwork, perceptual_distance
-from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule
+from wbcvae.training.plan import Batch, Outputs, VAEPlan, check_lr_schedule, run_seed
 from wbcvae.vocabulary import CLASSES
 
 
@@ -203,7 +203,10 @@ class ImageVAEPlan(VAEPlan):
             return target.new_zeros(()), target.new_zeros(())
         cells = self.hparams.adversarial_cells
         judged = {name: outputs[name][:cells] for name in ("mu", "image_hat", "mask_logits")}
-        return adversarial_losses(self.discriminator, self.vae, judged, target[:cells], mask[:cells])
+        # The mixes draw from a generator of their own, seeded by the step: the β-VAE's own draws (z) stay those of a
+        # run without the term, so until `adversarial_start` the two runs are the same run, and a resume redraws alike.
+        mixes = torch.Generator().manual_seed(run_seed(self.global_step))
+        return adversarial_losses(self.discriminator, self.vae, judged, target[:cells], mask[:cells], mixes)
 
     def balance_adversarial(self, terms: dict[str, torch.Tensor]) -> float:
         """The adversarial term's weight relative to `adversarial_weight`: measured while gradients flow, else the last

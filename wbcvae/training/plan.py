@@ -114,7 +114,7 @@ class VAEPlan(L.LightningModule):
     _resume_epoch = 0
 
     def _reseed(self, epoch: int) -> None:
-        seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + epoch) % 2**32
+        seed = run_seed(epoch)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -146,6 +146,11 @@ class VAEPlan(L.LightningModule):
             "resume_epoch": self.current_epoch + 1,  # our checkpoints are taken at epoch ends
             "data": data_provenance(self.trainer.datamodule if self._trainer else None),
         }
+
+
+def run_seed(offset: int) -> int:
+    """A seed from the run's seed (`seed_everything`) and an offset (an epoch, a step)."""
+    return (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + offset) % 2**32
 
 
 def data_provenance(datamodule: L.LightningDataModule | None) -> dict:
