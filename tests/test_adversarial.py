@@ -84,10 +84,14 @@ def test_the_decoders_term_waits_for_its_start_step_and_the_settings_are_checked
 
 
 def test_before_its_start_the_term_leaves_the_vaes_draws_and_gradients_alone():
-    """The mixes draw from a generator of their own: until `adversarial_start` a run with the term is the run without it."""
+    """The discriminator and the mixes draw from generators of their own: until `adversarial_start` a run with the
+    term is the run without it (the same feature statistics, the same z)."""
     batch = crops()
-    plain, adversarial = ImageVAEPlan(**TINY, image_channels=16), adversarial_plan(adversarial_start=10)
-    adversarial.vae.load_state_dict(plain.vae.state_dict())
+    torch.manual_seed(0)
+    plain, drawn_next = ImageVAEPlan(**TINY, image_channels=16), torch.rand(3)
+    adversarial = adversarial_plan(adversarial_start=10)  # seeded 0 too
+    assert torch.equal(drawn_next, torch.rand(3))  # building the discriminator left the global stream alone
+    assert all(torch.equal(a, b) for a, b in zip(plain.vae.state_dict().values(), adversarial.vae.state_dict().values()))
     seen = []
     for plan in (plain, adversarial):
         torch.manual_seed(5)

@@ -102,7 +102,13 @@ class ImageVAEPlan(VAEPlan):
         self.perceptual = PerceptualNetwork(perceptual_backbone) if perceptual_network else None
         if adversarial_cells < 2:
             raise InputError(f"adversarial_cells must be at least 2 (a mix needs two cells), got {adversarial_cells}")
-        self.discriminator = PatchDiscriminator() if adversarial_weight > 0 else None
+        self.discriminator = None
+        if adversarial_weight > 0:
+            # Its own seed, leaving the global stream alone: the feature statistics' shuffled batches, drawn next,
+            # stay those of a run without the term.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.discriminator = PatchDiscriminator()
         # The decoder's adversarial weight of the last training step; validation has no gradients to measure it.
         self.register_buffer("adversarial_balance", torch.ones(()), persistent=False)
         self.register_buffer("statistics_cells", torch.zeros((), dtype=torch.long))  # 0: not fitted yet
