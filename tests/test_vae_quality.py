@@ -94,7 +94,7 @@ def test_quality_on_a_store_of_another_source_has_every_measure_with_baselines(t
     # The PCA-50 reconstruction of such simple cells is near perfect, far better than their mean cell.
     assert result["nucleus_iou"]["pca50_image"] > 0.9 > result["nucleus_iou"]["training_mean"]
     assert result["masked_ssim"]["pca50_image"] > result["masked_ssim"]["training_mean"]
-    assert set(result["nucleus_solidity"]) == {"input", "model", "pca50_image", "training_mean"}  # NaN: no segmented cell here
+    assert set(result["nucleus_solidity"]) == {"input", *(f"{n}{e}" for n in ("model", "pca50_image", "training_mean") for e in ("", "/error"))}  # NaN: no segmented cell
     assert set(result["reconstruction_mse"]) == {"features", "image"}
     assert result["reconstruction_mse"]["image"]["pca50_image"] < result["reconstruction_mse"]["image"]["training_mean"]
     assert figure.stat().st_size > 0
