@@ -50,8 +50,9 @@ class PatchDiscriminator(nn.Module):
 
 def latent_mixes(mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each cell's μ mixed with another cell's of the batch, a uniform share of each (B×D)."""
-    partner = torch.randperm(len(mu), generator=generator, device=generator.device if generator else mu.device).to(mu.device)
-    share = torch.rand(len(mu), 1, generator=generator, device=generator.device if generator else mu.device, dtype=mu.dtype).to(mu.device)
+    device = mu.device if generator is None else generator.device
+    partner = torch.randperm(len(mu), generator=generator, device=device).to(mu.device)
+    share = torch.rand(len(mu), 1, generator=generator, device=device).to(mu)
     return share * mu + (1 - share) * mu[partner]
 
 
