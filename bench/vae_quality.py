@@ -373,7 +373,7 @@ def markdown(result: dict) -> str:
             rows[f"{name} ({result['pixel_cells']} cells)"] = {k: v for k, v in result[key].items() if "/" not in k}
     if "nucleus_solidity" in result:
         errors = {k.split("/")[0]: v for k, v in result["nucleus_solidity"].items() if k.endswith("/error")}
-        rows["its error per cell, |reconstruction − input| ↓"] = errors
+        rows["its error per cell (absolute difference to the input's) ↓"] = errors
     for term, values in result["reconstruction_mse"].items():
         rows[f"{term} MSE"] = values
     lines = [
