@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from wbcvae.errors import InputError
@@ -158,3 +159,25 @@ def test_cells_per_class_keeps_a_seeded_subset_of_each_class(trained):
     again = FeatureDataModule(folder / "train_store", fractions=(0.5, 0.5, 0.0), cells_per_class=5)
     again.setup("fit")
     assert np.array_equal(np.sort(rows), np.sort(np.concatenate([again.datasets[s].rows for s in ("train", "val", "test")])))
+
+
+def test_colour_outliers_finds_a_cell_read_far_off_by_a_near_empty_bin(tmp_path):
+    spec = importlib.util.spec_from_file_location("colour_outliers", REPO / "bench" / "colour_outliers.py")
+    outliers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(outliers)
+    from wbcvae.features.datamodule import FeatureDataModule
+    from wbcvae.models.losses import colour_profile
+
+    store = make_store(tmp_path / "store", 8, seed=1)
+    plan = ImageVAEPlan(latent_dim=8, hidden_channels=8, colour_bins=4)
+    data = FeatureDataModule(store, batch_size=8, fractions=[1.0, 0.0, 0.0], seed=0)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    profiles = colour_profile(batch["target"], batch["mask"], 4)
+    mean, std = profiles.mean(0), profiles.std(0).clamp_min(0.05)
+    plan.vae.set_colour_statistics(mean, std)
+    assert outliers.largest_deviations(plan, str(store)).max() < 10  # the cells' own statistics, a sane floor
+    used = int(profiles.sum(0).argmax())
+    std[used] = 1e-5  # as if the statistics' batches had (almost) never seen that bin
+    plan.vae.set_colour_statistics(mean, std)
+    assert outliers.largest_deviations(plan, str(store)).max() > 1000
