@@ -13,23 +13,19 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch.utils.data import DataLoader
 
 from wbcvae.checkpoints import load_plan
-from wbcvae.features.datamodule import FeatureDataModule
-from wbcvae.models.losses import colour_profile
+from wbcvae.features.datamodule import FeatureDataset
+from wbcvae.features.store import FeatureStore
 
 
 def largest_deviations(plan, store: str, batch_size: int = 64) -> torch.Tensor:
-    """Per cell of `store` (every row, in order), the largest |standardised colour profile entry|."""
-    data = FeatureDataModule(store, batch_size=batch_size, fractions=[1.0, 0.0, 0.0], seed=0)
-    data.setup("fit")
-    vae = plan.vae
-    worst = []
+    """Per readable row of `store`, in order, the largest |standardised colour profile entry| (the encoder's colour input)."""
+    cells = FeatureStore(store)
+    loader = DataLoader(FeatureDataset(cells, cells.readable_rows()), batch_size=batch_size)
     with torch.no_grad():
-        for batch in data.train_dataloader():
-            profile = colour_profile(batch["target"], batch["mask"], vae.colour_bins)
-            worst.append(vae.standardise_colour(profile).abs().amax(1))
-    return torch.cat(worst)
+        return torch.cat([plan.vae.standardise_colour(plan.encoder_inputs(batch)["colour"]).abs().amax(1) for batch in loader])
 
 
 def main() -> None:

@@ -216,10 +216,10 @@ class ImageVAEPlan(VAEPlan):
 
     def balance_adversarial(self, terms: dict[str, torch.Tensor]) -> float:
         """The adversarial term's weight relative to `adversarial_weight`: measured while gradients flow, else the last
-        one; 0 before `adversarial_start`."""
-        if self.training and self.global_step < self.hparams.adversarial_start:
+        one; 0 without a discriminator (no read of the buffer, a device sync on a GPU) and before `adversarial_start`."""
+        if self.discriminator is None or (self.training and self.global_step < self.hparams.adversarial_start):
             return 0.0
-        if self.discriminator is not None and torch.is_grad_enabled() and terms["image_adversarial"].requires_grad:
+        if torch.is_grad_enabled() and terms["image_adversarial"].requires_grad:
             pixel = self.hparams.gamma * terms["image_mse"]
             self.adversarial_balance.copy_(adaptive_weight(pixel, terms["image_adversarial"], self.vae.to_pixels[0].weight))
         return float(self.adversarial_balance)
