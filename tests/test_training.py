@@ -334,6 +334,7 @@ def test_image_plan_on_feature_store_then_embed(feature_store, tmp_path):
 
 def test_an_image_plan_reading_colours_fits_their_statistics_beside_the_features_and_embeds(feature_store, tmp_path):
     from wbcvae.features.datamodule import FeatureDataModule
+    from wbcvae.models.image_vae import COLOUR_STD_FLOOR
     from wbcvae.models.losses import colour_profile
     from wbcvae.training.embed import embed
 
@@ -348,7 +349,7 @@ def test_an_image_plan_reading_colours_fits_their_statistics_beside_the_features
     mask = torch.from_numpy(np.load(feature_store / "mask.npy")[train_rows].astype(np.float32))
     profiles = colour_profile(target, mask, 8).double()
     assert torch.allclose(plan.vae.colour_mean.double(), profiles.mean(0), atol=1e-5)
-    assert torch.allclose(plan.vae.colour_std.double(), profiles.std(0, unbiased=False).clamp_min(1e-6), atol=1e-5)
+    assert torch.allclose(plan.vae.colour_std.double(), profiles.std(0, unbiased=False).clamp_min(COLOUR_STD_FLOOR), atol=1e-5)
     embedded = embed(tmp_path / "last.ckpt", feature_store, tmp_path / "image.h5ad", batch_size=10, device="cpu")
     assert embedded.obsm[EMBEDDING_KEY].shape == (24, 50)
 

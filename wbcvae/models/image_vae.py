@@ -11,6 +11,10 @@ from wbcvae.models.losses import LOGVAR_RANGE, reparameterise
 
 IMAGE_DECODERS = ("residual", "study")
 NEUTRAL_GREY = 0.5
+# The least deviation a colour-profile entry is standardised by: 1 % of a cell's pixels (the profile's
+# entries are shares of them). A bin (almost) empty in the statistics' batches otherwise reads a cell
+# that has a few pixels there at thousands of sd, and its KL spikes (a 1e-5 deviation once gave 10,680 sd).
+COLOUR_STD_FLOOR = 0.01
 
 
 def cell_on_grey(image: torch.Tensor, cell: torch.Tensor, grey: float = NEUTRAL_GREY) -> torch.Tensor:
@@ -207,9 +211,10 @@ class ImageVAE(nn.Module):
         return (h - self.feature_mean) / self.feature_std
 
     def set_colour_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Mean and standard deviation of each entry of the training cells' colour profiles."""
+        """Mean and standard deviation of each entry of the training cells' colour profiles; the deviation
+        no less than `COLOUR_STD_FLOOR`, so that no entry reads a cell at more than 100 sd."""
         self.colour_mean.copy_(mean)
-        self.colour_std.copy_(std.clamp_min(1e-6))
+        self.colour_std.copy_(std.clamp_min(COLOUR_STD_FLOOR))
 
     def standardise_colour(self, colour: torch.Tensor) -> torch.Tensor:
         """Colour profiles in the units the encoder reads and `colour_hat` gives back."""
