@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     features.add_argument("--overwrite", action="store_true", help="replace a store made with another checkpoint or source")
     features.add_argument("--unknown", choices=("skip", "fail"), default="skip", help="what to do with unmapped labels")
+    features.add_argument("--pose", choices=("as_is", "canonical"), default="as_is",
+                          help="canonical: turn each cell to one orientation first (wbcvae.features.pose)")
     add_bad_files_argument(features)
     features.set_defaults(run=_extract)
 
@@ -39,4 +41,5 @@ def _extract(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         unknown=args.unknown,
         bad_files=args.bad_files,
+        pose=args.pose,
     )

@@ -24,12 +24,14 @@ from wbcvae.data.image_dataset import CropDataset
 from wbcvae.data.bad_files import BadFiles
 from wbcvae.data.images import read_manifest, read_or_record
 from wbcvae.errors import InputError
+from wbcvae.features.pose import POSES, canonical_pose
 from wbcvae.features.store import ORIGINS, TARGET_SIZE, UNREADABLE, FeatureStore
 from wbcvae.segmentation.classical import StainMasks, StainSegmenter
 from wbcvae.segmentation.maskrcnn import central_detection, file_sha256, load_maskrcnn
 
 DETECTION, PSEUDO_MASK, WHOLE_CROP = (ORIGINS.index(name) for name in ("detection", "pseudo_mask", "whole_crop"))
 MASK_SOURCES = ("classical", "detection")
+FINGERPRINT_DEFAULTS = {"pose": "as_is"}  # what a store made before that setting existed was made with
 
 
 class FeatureExtractor:
@@ -42,6 +44,9 @@ class FeatureExtractor:
     `masks` says whose cell mask is stored, i.e. which pixels the image loss sees: `classical` (the
     stain segmenter's, which beats a briefly trained Mask R-CNN's, see bench/segmentation_quality.py;
     the detection's where it finds no nucleus) or `detection` (the Mask R-CNN's own).
+
+    `pose="canonical"` turns each crop to its canonical pose (`wbcvae.features.pose`) before anything
+    reads it: the features, the mask and the target all show the turned cell.
     """
 
     def __init__(
@@ -51,9 +56,13 @@ class FeatureExtractor:
         target_size: int = TARGET_SIZE,
         segmenter: StainSegmenter | None = None,
         masks: str = "classical",
+        pose: str = "as_is",
     ):
         if masks not in MASK_SOURCES:
             raise InputError(f"masks {masks!r} is not one of {MASK_SOURCES}")
+        if pose not in POSES:
+            raise InputError(f"pose {pose!r} is not one of {POSES}")
+        self.pose = pose
         self.model = model.eval()
         self.masks = masks
         self.min_score = min_score
@@ -65,6 +74,8 @@ class FeatureExtractor:
         """`images` B×3×S×S in [0, 1] on the model's device → `features` B×256×14×14, `mask` B×1×T×T
         (0/1), `target` B×3×T×T in [0, 1], `score` B, `box` B×4 (crop pixels), `origin` B (see ORIGINS)."""
         model = self.model
+        if self.pose == "canonical":
+            images = canonical_pose(images, self.segmenter)
         sizes = [tuple(image.shape[-2:]) for image in images]
         batch, _ = model.transform(list(images))
         pyramid = model.backbone(batch.tensors)
@@ -145,6 +156,7 @@ def extract_features(
     progress: bool = True,
     bad_files: str = "skip",
     masks: str = "classical",
+    pose: str = "as_is",
 ) -> FeatureStore:
     """Fill the store at `store_dir` with one row per crop of `source`; only rows not yet done are computed.
 
@@ -167,6 +179,7 @@ def extract_features(
         "min_score": min_score,
         "target_size": TARGET_SIZE,
         "masks": masks,  # a store's masks all come from one source
+        "pose": pose,
     }
     store = _open_store(Path(store_dir), frame, fingerprint, overwrite, provenance={
         "fingerprint": fingerprint,
@@ -186,7 +199,7 @@ def extract_features(
         return store
 
     target = resolve_device(device)
-    extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size, masks=masks)
+    extractor = FeatureExtractor(module.model.to(target), min_score=min_score, target_size=store.target_size, masks=masks, pose=pose)
     crops = CropDataset(frame, input_size, mark_unreadable=True)
     loader = DataLoader(crops, batch_sampler=ChunkSampler(missing, batch_size), num_workers=num_workers)
     started = time.perf_counter()
@@ -237,7 +250,7 @@ def _open_store(root: Path, frame, fingerprint: dict, overwrite: bool, provenanc
         store = FeatureStore(root)
         if store.provenance.get("fingerprint") != fingerprint:
             theirs = store.provenance.get("fingerprint", {})
-            differs = sorted(k for k in fingerprint if theirs.get(k) != fingerprint[k])
+            differs = sorted(k for k in fingerprint if theirs.get(k, FINGERPRINT_DEFAULTS.get(k)) != fingerprint[k])
             raise InputError(f"{root}: made with a different {', '.join(differs)}; choose another --store or pass --overwrite")
         return store
     return FeatureStore.create(root, frame, provenance, target_size=TARGET_SIZE)
