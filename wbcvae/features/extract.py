@@ -248,9 +248,9 @@ def _manifest_hash(frame) -> str:
 def _open_store(root: Path, frame, fingerprint: dict, overwrite: bool, provenance: dict) -> FeatureStore:
     if root.exists() and not overwrite:
         store = FeatureStore(root)
-        if store.provenance.get("fingerprint") != fingerprint:
-            theirs = store.provenance.get("fingerprint", {})
-            differs = sorted(k for k in fingerprint if theirs.get(k, FINGERPRINT_DEFAULTS.get(k)) != fingerprint[k])
+        theirs = store.provenance.get("fingerprint", {})
+        differs = sorted(k for k in fingerprint if theirs.get(k, FINGERPRINT_DEFAULTS.get(k)) != fingerprint[k])
+        if differs:
             raise InputError(f"{root}: made with a different {', '.join(differs)}; choose another --store or pass --overwrite")
         return store
     return FeatureStore.create(root, frame, provenance, target_size=TARGET_SIZE)
