@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from wbcvae.errors import InputError
 from wbcvae.features.store import FeatureStore
+from wbcvae.models.image_vae import cell_on_grey
 from wbcvae.training.image_plan import ImageVAEPlan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,3 +184,25 @@ def test_colour_outliers_finds_a_cell_read_far_off_by_a_near_empty_bin(tmp_path)
     assert outliers.largest_deviations(plan, str(store)).max() <= 100  # the floor on the deviation holds it
     plan.vae.colour_std[used] = 1e-5  # a checkpoint from before that floor
     assert outliers.largest_deviations(plan, str(store)).max() > 1000
+
+
+def test_class_means_explain_all_of_the_pixels_when_each_class_is_one_picture(tmp_path):
+    spec = importlib.util.spec_from_file_location("class_means", REPO / "bench" / "class_means.py")
+    class_means = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(class_means)
+
+    store = FeatureStore(make_store(tmp_path / "store", 24, seed=2))
+    means, explained = class_means.class_pictures(store, batch=7)  # batches that split classes
+    labels = store.meta["label"].to_numpy()
+    assert set(means) == set(labels) and 0 < explained < 1
+    one = labels == labels[0]
+    pictures = cell_on_grey(torch.from_numpy(store.array("target")[one] / 255.0), torch.from_numpy(store.array("mask")[one] * 1.0))
+    np.testing.assert_allclose(means[labels[0]], pictures.mean(0).numpy(), atol=1e-6)
+
+    arrays = {name: np.asarray(store.array(name)).copy() for name in ("features", "mask", "target", "score", "box", "origin")}
+    for label in set(labels):  # every cell of a class now shows the class' first cell
+        first = np.flatnonzero(labels == label)[0]
+        for name in ("mask", "target"):
+            arrays[name][labels == label] = arrays[name][first]
+    store.write(np.arange(len(labels)), arrays)
+    assert class_means.class_pictures(store)[1] == pytest.approx(1.0)
