@@ -119,13 +119,14 @@ pbc-quality: setup runs/segment-pbc/maskrcnn.ckpt
 # A variant in a folder of its own: make pbc-train PBC_RUN=runs/pbc_types SEGMENT_ARGS="--set model.cell_types=true"
 PBC_RUN := runs/pbc_train
 SEGMENT_ARGS :=
+FEATURE_ARGS :=
 PBC_IMAGE_CONFIGS := --config experiments/image_vae/laptop.yaml --config experiments/image_vae/pbc_train.yaml
 $(PBC_RUN)/segment/maskrcnn.ckpt: | setup
 	$(WBCVAE) segment train --source $(PBC_TRAIN) --out $(PBC_RUN)/segment $(SEGMENT_PSEUDO) $(SEGMENT_ARGS)
 
 pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
-	$(WBCVAE) features $(PBC_TRAIN) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_train
-	$(WBCVAE) features $(PBC) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_sample
+	$(WBCVAE) features $(PBC_TRAIN) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_train $(FEATURE_ARGS)
+	$(WBCVAE) features $(PBC) --checkpoint $(PBC_RUN)/segment/maskrcnn.ckpt --store $(PBC_RUN)/features/pbc_sample $(FEATURE_ARGS)
 	$(WBCVAE) train image $(PBC_IMAGE_CONFIGS) --wandb false --data.init_args.store_dir $(PBC_RUN)/features/pbc_train \
 	  --trainer.default_root_dir $(PBC_RUN) $(ARGS)
 	$(PY) bench/vae_quality.py "$(call latest,$(PBC_RUN)/image_vae)" --test-store $(PBC_RUN)/features/pbc_sample \
