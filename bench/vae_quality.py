@@ -279,9 +279,7 @@ def held_out_loader(datamodule, test_store: Path | None) -> tuple[DataLoader, st
     store = FeatureStore(test_store)
     if len(store.missing()):
         raise InputError(f"{store.root}: {len(store.missing())} of {len(store)} rows not extracted yet; run `wbcvae features` again to finish")
-    ours, theirs = (s.provenance.get("fingerprint", {}).get("checkpoint_sha256") for s in (store, train_store))
-    if ours != theirs:
-        raise InputError(f"{store.root}: extracted with another Mask R-CNN checkpoint than the training store {train_store.root}")
+    store.require_read_like(train_store.provenance, f"the training store {train_store.root}")
     rows = store.readable_rows()
     return DataLoader(FeatureDataset(store, rows), batch_size=datamodule.hparams.batch_size), "store", str(store.root)
 

@@ -206,3 +206,17 @@ def test_class_means_explain_all_of_the_pixels_when_each_class_is_one_picture(tm
             arrays[name][labels == label] = arrays[name][first]
     store.write(np.arange(len(labels)), arrays)
     assert class_means.class_pictures(store)[1] == pytest.approx(1.0)
+
+
+def test_a_store_read_in_another_pose_is_refused_by_embed_and_the_quality_script(trained, tmp_path):
+    from wbcvae.training.embed import embed
+
+    ckpt, _ = trained
+    posed = make_store(tmp_path / "posed", 8, seed=3)
+    provenance = json.loads((posed / "provenance.json").read_text())
+    provenance["fingerprint"]["pose"] = "canonical"  # as `wbcvae features --pose canonical` writes it
+    (posed / "provenance.json").write_text(json.dumps(provenance))
+    with pytest.raises(InputError, match="pose 'canonical', the model's training store in pose 'as_is'"):
+        embed(ckpt, posed, tmp_path / "cells.h5ad", device="cpu")
+    with pytest.raises(InputError, match="--pose as_is"):
+        quality.evaluate(ckpt, "cpu", None, 100, posed, 4)

@@ -29,6 +29,7 @@ from wbcvae.checkpoints import load_plan
 from wbcvae.data.rna import read_rna
 from wbcvae.errors import InputError
 from wbcvae.features.datamodule import FeatureDataModule
+from wbcvae.features.store import FeatureStore
 from wbcvae.report.html import Section, to_jsonable, write_csv, write_report
 from wbcvae.trajectory.callback import TrajectoryCallback
 from wbcvae.trajectory.presets import get_preset
@@ -119,6 +120,7 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
     for ground truth on the synthetic world).
     """
     image_plan, image_record = load_plan(config.image_ckpt, kind="image")
+    FeatureStore(config.features).require_read_like(image_record.get("data", {}).get("store", {}), "the image model's training store")
     rna_plan, rna_record = load_plan(config.rna_ckpt, kind="rna")
     rna = embed(config.rna_ckpt, config.rna, run_dir / "rna_latent.h5ad")
     genes = json.loads(rna_record["preprocessor"]["json"])["genes"] if rna_record.get("preprocessor") else ()

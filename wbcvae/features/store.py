@@ -116,6 +116,23 @@ class FeatureStore:
         if stored != tuple(shape):
             raise InputError(f"{self.root}: features are {'×'.join(map(str, stored))}, the model reads {'×'.join(map(str, shape))}")
 
+    @property
+    def pose(self) -> str:
+        """How the crops were turned before Mask R-CNN read them (`wbcvae features --pose`)."""
+        return self.provenance.get("fingerprint", {}).get("pose", "as_is")
+
+    def require_read_like(self, trained: dict[str, Any], what: str = "the model's training store") -> None:
+        """Refuse a store read by another Mask R-CNN checkpoint, or in another pose, than `trained` (the
+        provenance of the store a model was trained on): its features would be another model's language."""
+        fingerprint = trained.get("fingerprint", {})
+        theirs = fingerprint.get("checkpoint_sha256")
+        if theirs and self.provenance.get("fingerprint", {}).get("checkpoint_sha256") != theirs:
+            raise InputError(f"{self.root}: extracted with another Mask R-CNN checkpoint than {what}")
+        pose = fingerprint.get("pose", "as_is")
+        if self.pose != pose:
+            raise InputError(f"{self.root}: crops read in pose {self.pose!r}, {what} in pose {pose!r}; "
+                             f"extract them again with `wbcvae features … --pose {pose}`")
+
     def readable_rows(self) -> np.ndarray:
         """Rows whose image could be decoded, in order: the rows a model may read."""
         return np.flatnonzero(np.asarray(self.array("origin")) != UNREADABLE)

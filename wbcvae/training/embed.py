@@ -65,7 +65,7 @@ def embed(
     if record["kind"] == "rna":
         batches, obs, source_info = _rna_batches(plan, record, source, batch_size, preprocessor)
     else:
-        batches, obs, source_info = _image_batches(plan, source, batch_size)
+        batches, obs, source_info = _image_batches(plan, record, source, batch_size)
     mu = _encode(plan, batches, device, total=-(-len(obs) // batch_size))
     adata = ad.AnnData(obs=obs, obsm={EMBEDDING_KEY: mu})
     adata.uns["wbcvae"] = _h5ad_safe(
@@ -137,7 +137,7 @@ def _rna_preprocessor(record: dict, override: str | os.PathLike | None):
 
 
 def _image_batches(
-    plan: VAEPlan, source: str | os.PathLike, batch_size: int
+    plan: VAEPlan, record: dict, source: str | os.PathLike, batch_size: int
 ) -> tuple[Iterator[dict[str, torch.Tensor]], pd.DataFrame, dict]:
     from wbcvae.features.datamodule import FeatureDataset
     from wbcvae.features.store import FeatureStore
@@ -146,6 +146,7 @@ def _image_batches(
     store = FeatureStore(source)
     store.require_complete()
     store.require_feature_shape(plan.vae.feature_shape)
+    store.require_read_like(record.get("data", {}).get("store", {}), "the model's training store")
     rows = store.readable_rows()  # crops whose image could not be decoded have no features
     loader = DataLoader(FeatureDataset(store, rows), batch_size=batch_size)
     obs = store.table().iloc[rows].drop(columns="done")
