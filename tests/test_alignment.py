@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -380,6 +381,14 @@ def test_align_command_writes_checkpoint_metrics_trajectories_and_report(toy_sou
              "--out", str(tmp_path / "again"), "--steps", "12", "--samples", "2", "--k-range", "3", "3"]  # fmt: skip
     assert cli_main.main(again) == 0
     assert len(pd.read_csv(tmp_path / "again" / "monocytopoiesis" / "strip_cells.csv")) == 10
+    # bench/strip_nuclei.py reads the run: the decoded strip's nucleus, frame by frame
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import strip_nuclei
+
+    frames = strip_nuclei.frame_nuclei(run, "monocytopoiesis", 10)
+    assert len(frames) == 10 and np.all(np.diff(frames["t"]) > 0) and frames["t"].iloc[-1] == 1
+    assert frames["solidity"].dropna().between(0, 1).all() and (frames["pieces"] >= 0).all()
+    assert (frames["pieces"] == 0).eq(frames["solidity"].isna()).all()  # no nucleus, no solidity
     # A typo in the config is one line naming the key, exit 2, and no new run folder.
     config.write_text(config.read_text() + "deltaa: 3\n")
     assert cli_main.main(args) == 2
