@@ -134,7 +134,8 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 
 # The same with Mask R-CNN started from a ResNet that first learnt to name pbc_train's labelled cell types
 # (`wbcvae segment pretrain`, random init, nothing downloaded; its body then stays frozen): make pbc-pretrained
-# (about 90 min on 2 CPU cores; the pretraining alone 40)
+# (about 90 min on 2 CPU cores; the pretraining alone 40). Its crops are read in their canonical pose (each nucleus
+# turned one way, `wbcvae features --pose canonical`): the decoded path's nucleus then segments (README)
 PRETRAINED_RUN := runs/pbc_pretrained
 PRETRAINED_WEIGHTS := $(PRETRAINED_RUN)/backbone/resnet18.pth
 $(PRETRAINED_WEIGHTS): | setup
@@ -143,7 +144,7 @@ $(PRETRAINED_WEIGHTS): | setup
 pbc-pretrained: $(PRETRAINED_WEIGHTS)
 	$(MAKE) pbc-train PBC_RUN=$(PRETRAINED_RUN) \
 	  SEGMENT_ARGS="--set model.weights=$(PRETRAINED_WEIGHTS) --set model.norm=frozen --set model.trainable_layers=0" \
-	  PBC_IMAGE_CONFIGS="$(PBC_IMAGE_CONFIGS) --config experiments/image_vae/pbc_pretrained.yaml"
+	  FEATURE_ARGS="--pose canonical" PBC_IMAGE_CONFIGS="$(PBC_IMAGE_CONFIGS) --config experiments/image_vae/pbc_pretrained.yaml"
 
 # Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
 align-real: setup
