@@ -137,6 +137,7 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 # (about 90 min on 2 CPU cores; the pretraining alone 40). Its crops are read in their canonical pose (each nucleus
 # turned one way, `wbcvae features --pose canonical`): the decoded path's nucleus then segments (README)
 PRETRAINED_RUN := runs/pbc_pretrained
+PRETRAINED_FEATURE_ARGS := --pose canonical
 PRETRAINED_WEIGHTS := $(PRETRAINED_RUN)/backbone/resnet18.pth
 $(PRETRAINED_WEIGHTS): | setup
 	$(WBCVAE) segment pretrain $(PBC_TRAIN) --out $@ --test $(PBC)
@@ -144,7 +145,7 @@ $(PRETRAINED_WEIGHTS): | setup
 pbc-pretrained: $(PRETRAINED_WEIGHTS)
 	$(MAKE) pbc-train PBC_RUN=$(PRETRAINED_RUN) \
 	  SEGMENT_ARGS="--set model.weights=$(PRETRAINED_WEIGHTS) --set model.norm=frozen --set model.trainable_layers=0" \
-	  FEATURE_ARGS="--pose canonical" PBC_IMAGE_CONFIGS="$(PBC_IMAGE_CONFIGS) --config experiments/image_vae/pbc_pretrained.yaml"
+	  FEATURE_ARGS="$(PRETRAINED_FEATURE_ARGS)" PBC_IMAGE_CONFIGS="$(PBC_IMAGE_CONFIGS) --config experiments/image_vae/pbc_pretrained.yaml"
 
 # Real crops onto real marrow RNA: the pbc-quality image β-VAE, the demo's van Galen RNA β-VAE.
 align-real: setup
