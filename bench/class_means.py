@@ -55,9 +55,8 @@ def main() -> None:
     for root in args.stores:
         store = FeatureStore(root)
         means, explained = class_pictures(store)
-        pose = store.provenance.get("fingerprint", {}).get("pose", "as_is")
-        print(f"{root} (pose {pose}): the class explains {explained:.3f} of the pixel variance, {len(means)} classes")
-        rows.append((f"{root.parent.name}/{root.name}\npose {pose}", means))
+        print(f"{root} (pose {store.pose}): the class explains {explained:.3f} of the pixel variance, {len(means)} classes")
+        rows.append((f"{root.parent.name}/{root.name}\npose {store.pose}", means))
     if args.figure:
         from matplotlib.figure import Figure
 

@@ -5,7 +5,7 @@ counts as a blob) and its number of pieces, frame by frame, for one or more alig
     python bench/strip_nuclei.py RUN_A RUN_B [--preset granulopoiesis] [--frames 10]
 
 RUN is an alignment run folder (`…/alignment_pbc_vangalen/version_0`: checkpoints/last.ckpt and the preset's
-trajectories/PRESET/path.csv, the decoded mean path). The frames are the strip's own (`decode_path`'s steps).
+trajectories/PRESET/path.csv, the decoded mean path). The frames are the strip's own (`strip_frame_steps`).
 For a yardstick, `bench/vae_quality.py` prints the solidity of real segmented neutrophils' nuclei (about 0.8).
 """
 
@@ -21,13 +21,14 @@ from skimage.measure import label
 
 from wbcvae.alignment.module import load_alignment
 from wbcvae.segmentation.classical import StainSegmenter
+from wbcvae.trajectory.decode import strip_frame_steps
 from vae_quality import nuclei, nucleus_solidity, on_slide  # bench/ is on the path when run as a script
 
 
 def frame_nuclei(run: Path, preset: str, frames: int) -> pd.DataFrame:
     """Per strip frame: pseudotime, nucleus solidity and pieces of the decoded cell (inside its predicted mask)."""
     path = pd.read_csv(run / "trajectories" / preset / "path.csv")
-    steps = np.unique(np.linspace(0, len(path) - 1, frames).round().astype(int))
+    steps = strip_frame_steps(len(path), frames)
     z = torch.tensor(path.filter(regex=r"^z\d+$").to_numpy()[steps], dtype=torch.float32)
     vae = load_alignment(run / "checkpoints" / "last.ckpt").image_plan.vae.eval()
     with torch.no_grad():

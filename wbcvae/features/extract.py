@@ -25,13 +25,12 @@ from wbcvae.data.bad_files import BadFiles
 from wbcvae.data.images import read_manifest, read_or_record
 from wbcvae.errors import InputError
 from wbcvae.features.pose import POSES, canonical_pose
-from wbcvae.features.store import ORIGINS, TARGET_SIZE, UNREADABLE, FeatureStore
+from wbcvae.features.store import ORIGINS, TARGET_SIZE, UNREADABLE, FeatureStore, fingerprint_setting
 from wbcvae.segmentation.classical import StainMasks, StainSegmenter
 from wbcvae.segmentation.maskrcnn import central_detection, file_sha256, load_maskrcnn
 
 DETECTION, PSEUDO_MASK, WHOLE_CROP = (ORIGINS.index(name) for name in ("detection", "pseudo_mask", "whole_crop"))
 MASK_SOURCES = ("classical", "detection")
-FINGERPRINT_DEFAULTS = {"pose": "as_is"}  # what a store made before that setting existed was made with
 
 
 class FeatureExtractor:
@@ -249,7 +248,7 @@ def _open_store(root: Path, frame, fingerprint: dict, overwrite: bool, provenanc
     if root.exists() and not overwrite:
         store = FeatureStore(root)
         theirs = store.provenance.get("fingerprint", {})
-        differs = sorted(k for k in fingerprint if theirs.get(k, FINGERPRINT_DEFAULTS.get(k)) != fingerprint[k])
+        differs = sorted(k for k in fingerprint if fingerprint_setting(theirs, k) != fingerprint[k])
         if differs:
             raise InputError(f"{root}: made with a different {', '.join(differs)}; choose another --store or pass --overwrite")
         return store

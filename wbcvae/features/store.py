@@ -37,6 +37,12 @@ FEATURE_SHAPE = (256, 14, 14)
 TARGET_SIZE = 128
 ORIGINS = ("detection", "pseudo_mask", "whole_crop", "unreadable")  # index = value in origin.npy
 UNREADABLE = ORIGINS.index("unreadable")  # a crop whose image could not be decoded: done, but no data
+FINGERPRINT_DEFAULTS = {"pose": "as_is"}  # what a store made before that setting existed was made with
+
+
+def fingerprint_setting(fingerprint: dict[str, Any], key: str) -> Any:
+    """One extraction setting of a store's fingerprint; a setting newer than the store reads as its default."""
+    return fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
 
 
 def array_layout(target_size: int = TARGET_SIZE) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -119,16 +125,18 @@ class FeatureStore:
     @property
     def pose(self) -> str:
         """How the crops were turned before Mask R-CNN read them (`wbcvae features --pose`)."""
-        return self.provenance.get("fingerprint", {}).get("pose", "as_is")
+        return fingerprint_setting(self.provenance.get("fingerprint", {}), "pose")
 
     def require_read_like(self, trained: dict[str, Any], what: str = "the model's training store") -> None:
         """Refuse a store read by another Mask R-CNN checkpoint, or in another pose, than `trained` (the
-        provenance of the store a model was trained on): its features would be another model's language."""
+        provenance of the store a model was trained on; empty when the model records none, which is not
+        checked): its features would be another model's language."""
+        if not trained:
+            return
         fingerprint = trained.get("fingerprint", {})
-        theirs = fingerprint.get("checkpoint_sha256")
-        if theirs and self.provenance.get("fingerprint", {}).get("checkpoint_sha256") != theirs:
+        if self.provenance.get("fingerprint", {}).get("checkpoint_sha256") != fingerprint.get("checkpoint_sha256"):
             raise InputError(f"{self.root}: extracted with another Mask R-CNN checkpoint than {what}")
-        pose = fingerprint.get("pose", "as_is")
+        pose = fingerprint_setting(fingerprint, "pose")
         if self.pose != pose:
             raise InputError(f"{self.root}: crops read in pose {self.pose!r}, {what} in pose {pose!r}; "
                              f"extract them again with `wbcvae features … --pose {pose}`")

@@ -64,6 +64,11 @@ class DecodedPath:
         return pd.DataFrame(self.genes, index=pd.Index(np.round(self.t, 6), name="pseudotime"), columns=self.gene_names)
 
 
+def strip_frame_steps(steps: int, frames: int) -> np.ndarray:
+    """The steps of an N-step path that its image strip shows: `frames` of them, evenly spread, both ends included."""
+    return np.unique(np.linspace(0, steps - 1, frames).round().astype(int))
+
+
 def decode_path(
     trajectory: Trajectory,
     image_decoder: Decoder | None,
@@ -81,7 +86,7 @@ def decode_path(
     if genes.shape[1] != len(gene_names):
         raise ValueError(f"gene decoder returns {genes.shape[1]} genes but {len(gene_names)} gene names were given")
     images = None if image_decoder is None else _decode_batched(image_decoder, trajectory.mean, batch_size).clamp(0, 1)
-    strip_steps = np.unique(np.linspace(0, len(trajectory.t) - 1, strip_frames).round().astype(int))
+    strip_steps = strip_frame_steps(len(trajectory.t), strip_frames)
     image_std = gene_std = None
     if len(trajectory.samples) > 1:
         # Running moments: holding every sample's decoded output at once would take hundreds of MB.
