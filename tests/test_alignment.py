@@ -183,7 +183,10 @@ def trained(tmp_path_factory):
     L.seed_everything(0)  # the loader's shuffle draws from the global RNG: same run whatever ran before
     image, rna = tiny_plans()
     correspondence = {"myeloblast": ["HSC"], "monocyte": ["Mono"], "neutrophil_segmented": ["neutrophil_segmented"], "neutrophil_banded": ["neutrophil_banded"]}
-    module = JointAlignmentModule(image, rna, tiny_rna_cells(), correspondence, gene_names=[f"G{i}" for i in range(12)], delta=20.0, lr=1e-2)
+    module = JointAlignmentModule(
+        image, rna, tiny_rna_cells(), correspondence, gene_names=[f"G{i}" for i in range(12)], delta=20.0, lr=1e-2,
+        image_store=ALIGNED_STORE,
+    )
     history = _AlignHistory()
     trainer = L.Trainer(
         max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -193,6 +196,9 @@ def trained(tmp_path_factory):
     trainer.fit(module, DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=16))
     trainer.save_checkpoint(folder / "joint.ckpt")
     return module, history, folder
+
+
+ALIGNED_STORE = {"source": "crops", "fingerprint": {"checkpoint_sha256": "abc", "pose": "canonical"}}  # its provenance
 
 
 def test_module_reduces_alignment_loss_and_logs_metrics(trained):
@@ -215,6 +221,7 @@ def test_checkpoint_rebuilds_the_module_alone(trained):
     torch.testing.assert_close(loaded.rna_plan.vae.decode(z), module.rna_plan.vae.decode(z))
     torch.testing.assert_close(loaded.target_cov, module.target_cov)
     assert loaded.gene_names == module.gene_names and loaded.rna_cell_types == module.rna_cell_types
+    assert loaded.hparams.image_store == ALIGNED_STORE
     np.testing.assert_allclose(loaded.image_latents.latent, module.image_latents.latent)
     with pytest.raises(InputError, match="not a readable checkpoint"):
         (folder / "junk.ckpt").write_text("junk")
@@ -224,6 +231,19 @@ def test_checkpoint_rebuilds_the_module_alone(trained):
     torch.save(checkpoint, folder / "older.ckpt")
     with pytest.raises(InputError, match="do not fit this version"):
         load_alignment(folder / "older.ckpt")
+
+
+def test_trajectory_refuses_a_store_read_in_another_pose_than_the_aligned_one(trained, tmp_path, capsys):
+    import wbcvae.cli.main as cli_main
+    from wbcvae.features.store import FeatureStore
+
+    _, _, folder = trained
+    meta = pd.DataFrame({"path": ["/crops/0.png"], "label": ["monocyte"], "patient": "", "source_label": "MO", "mask_path": ""})
+    FeatureStore.create(tmp_path / "as_is", meta, provenance={"fingerprint": {"checkpoint_sha256": "abc"}})  # read before poses existed
+    args = ["trajectory", "--ckpt", str(folder / "joint.ckpt"), "--features", str(tmp_path / "as_is"), "--out", str(tmp_path / "out")]
+    assert cli_main.main(args) == 2
+    assert "pose 'as_is', the store the image model was aligned on in pose 'canonical'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 DDP_SCRIPT = """

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -84,6 +85,8 @@ class JointAlignmentModule(L.LightningModule):
     None aligns every class to the RNA cells of the same canonical class. Covariance terms need
     `min_cells_for_cov` cells of a class in the (all-rank) batch; below that only means are pulled.
     The image VAE arrives trained, so its KL weight is β from the first step (no warm-up again).
+    `image_store` is the provenance of the feature store it is fine-tuned on, kept so that a store
+    given later (`wbcvae trajectory --features`) can be refused when another detector or pose read it.
     δ = 10 by default: L_align is a per-dimension MSE of means, about a tenth of the image VAE's own
     loss at the start of fine-tuning on the synthetic world (0.43 against 5.1).
     """
@@ -101,6 +104,7 @@ class JointAlignmentModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         mixing_k: int = 15,
+        image_store: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["image_plan", "rna_plan", "rna_cells"])

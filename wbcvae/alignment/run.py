@@ -120,7 +120,8 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
     for ground truth on the synthetic world).
     """
     image_plan, image_record = load_plan(config.image_ckpt, kind="image")
-    FeatureStore(config.features).require_read_like(image_record.get("data", {}).get("store", {}), "the image model's training store")
+    store = FeatureStore(config.features)
+    store.require_read_like(image_record.get("data", {}).get("store", {}), "the image model's training store")
     rna_plan, rna_record = load_plan(config.rna_ckpt, kind="rna")
     rna = embed(config.rna_ckpt, config.rna, run_dir / "rna_latent.h5ad")
     genes = json.loads(rna_record["preprocessor"]["json"])["genes"] if rna_record.get("preprocessor") else ()
@@ -140,6 +141,7 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
         min_cells_for_cov=config.min_cells_for_cov,
         lr=config.lr,
         weight_decay=config.weight_decay,
+        image_store=store.provenance,
     )
     return module, rna
 
