@@ -27,7 +27,7 @@ help:
 	@echo "make quality      - held-out reconstruction and kNN accuracy of the demo's β-VAEs (after make demo)"
 	@echo "make pbc-quality  - the same for an image β-VAE on one source, SOURCE=$(SHARED_DATA)/pbc_sample (segment, features, train)"
 	@echo "make pbc-train    - image β-VAE on the 3,000 pbc_train crops, tested on pbc_sample (about an hour on 2 CPU cores)"
-	@echo "make pbc-pretrained - the same, Mask R-CNN started from a ResNet pretrained on pbc_train's cell types (~90 min)"
+	@echo "make pbc-pretrained - the same, Mask R-CNN started from a ResNet pretrained on pbc_train's cell types (~1 h)"
 	@echo "make align-real   - align the pbc-train image β-VAE onto the demo's van Galen RNA β-VAE (after both)"
 
 setup: $(STAMP)
@@ -134,8 +134,9 @@ pbc-train: setup $(PBC_RUN)/segment/maskrcnn.ckpt
 
 # The same with Mask R-CNN started from a ResNet that first learnt to name pbc_train's labelled cell types
 # (`wbcvae segment pretrain`, random init, nothing downloaded; its body then stays frozen): make pbc-pretrained
-# (about 90 min on 2 CPU cores; the pretraining alone 40). Its crops are read in their canonical pose (each nucleus
-# turned one way, `wbcvae features --pose canonical`): the decoded path's nucleus then segments (README)
+# (about an hour alone on 2 CPU cores, 90 min beside other work; the pretraining alone 23–40 min). Its crops are
+# read in their canonical pose (each nucleus turned one way, `wbcvae features --pose canonical`): the decoded path's
+# nucleus then segments (README)
 PRETRAINED_RUN := runs/pbc_pretrained
 PRETRAINED_FEATURE_ARGS := --pose canonical
 PRETRAINED_WEIGHTS := $(PRETRAINED_RUN)/backbone/resnet18.pth
