@@ -176,6 +176,9 @@ class _AlignHistory(L.Callback):
             self.val_align.append(float(trainer.callback_metrics["val/align"]))
 
 
+ALIGNED_STORE = {"source": "crops", "fingerprint": {"checkpoint_sha256": "abc", "pose": "canonical"}}  # the provenance the tiny joint model keeps
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny joint model fine-tuned for a few epochs; its folder holds the checkpoint."""
@@ -196,9 +199,6 @@ def trained(tmp_path_factory):
     trainer.fit(module, DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=16))
     trainer.save_checkpoint(folder / "joint.ckpt")
     return module, history, folder
-
-
-ALIGNED_STORE = {"source": "crops", "fingerprint": {"checkpoint_sha256": "abc", "pose": "canonical"}}  # its provenance
 
 
 def test_module_reduces_alignment_loss_and_logs_metrics(trained):
