@@ -297,7 +297,7 @@ def toy_sources(tmp_path_factory):
     n = 30
     labels = classes[np.arange(n) % len(classes)]
     meta = pd.DataFrame({"path": [f"/crops/{i}.png" for i in range(n)], "label": labels, "patient": "", "source_label": labels, "mask_path": ""})
-    store = FeatureStore.create(folder / "store", meta, provenance={"source": "test"})
+    store = FeatureStore.create(folder / "store", meta, provenance=ALIGNED_STORE)
     offsets = (np.arange(n) % len(classes))[:, None, None, None]
     store.write(np.arange(n), {
         "features": (rng.normal(size=(n, 256, 14, 14)) + offsets).astype(np.float16),
@@ -344,7 +344,7 @@ def test_an_incomplete_store_is_refused_before_any_image_is_encoded(tmp_path, tr
 
     paths = ["/crops/0.png", "/crops/1.png"]
     meta = pd.DataFrame({"path": paths, "label": "monocyte", "patient": "", "source_label": "MO", "mask_path": ""})
-    store = FeatureStore.create(tmp_path / "store", meta, provenance={"source": "test"})
+    store = FeatureStore.create(tmp_path / "store", meta, provenance=ALIGNED_STORE)
     with pytest.raises(InputError, match=r"store: 2 of 2 rows not extracted yet"):
         store_images(trained[0], store)
 

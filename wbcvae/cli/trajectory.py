@@ -65,7 +65,6 @@ def _trajectory(args: argparse.Namespace) -> None:
     images = crops = None
     if args.features:
         store = FeatureStore(args.features)
-        store.require_read_like(module.hparams.image_store or {}, "the store the image model was aligned on")
         images = store_images(module, store)
         crops = store_crops(store, images)
     results = run_presets(module, out, args.preset or tuple(PRESETS), settings, truth, images, expression, crops)

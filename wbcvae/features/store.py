@@ -127,10 +127,10 @@ class FeatureStore:
         """How the crops were turned before Mask R-CNN read them (`wbcvae features --pose`)."""
         return fingerprint_setting(self.provenance.get("fingerprint", {}), "pose")
 
-    def require_read_like(self, trained: dict[str, Any], what: str = "the model's training store") -> None:
+    def require_read_like(self, trained: dict[str, Any] | None, what: str = "the model's training store") -> None:
         """Refuse a store read by another Mask R-CNN checkpoint, or in another pose, than `trained` (the
-        provenance of the store a model was trained on; empty when the model records none, which is not
-        checked): its features would be another model's language."""
+        provenance of the store a model was trained on; empty or None when the model records none, which is
+        not checked): its features would be another model's language."""
         if not trained:
             return
         fingerprint = trained.get("fingerprint", {})

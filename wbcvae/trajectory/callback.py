@@ -109,7 +109,9 @@ def _all_images(trainer: L.Trainer, module: JointAlignmentModule) -> LabelledLat
 
 
 def store_images(module: JointAlignmentModule, store: FeatureStore, batch_size: int = 64) -> LabelledLatents:
-    """Every readable crop of a complete `store` through the module's (fine-tuned) encoder."""
+    """Every readable crop of a complete `store`, read like the one the module was aligned on, through its
+    (fine-tuned) encoder."""
+    store.require_read_like(module.hparams.image_store, "the store the image model was aligned on")
     store.require_complete()
     store.require_feature_shape(module.image_plan.vae.feature_shape)
     return module.encode_images(DataLoader(FeatureDataset(store, store.readable_rows()), batch_size=batch_size))
