@@ -24,7 +24,7 @@ from wbcvae.trajectory import kinetics as kinetics_module
 from wbcvae.trajectory.decode import CellCrops, as_decoder, decode_path, save_gif, save_image_strip
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
-from wbcvae.trajectory.kinetics import change_and_spread, change_threshold_z, cluster_kinetics, znormalise
+from wbcvae.trajectory.kinetics import change_statistic, change_threshold_z, cluster_kinetics, znormalise
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.pseudotime import data_anchors, path_cells
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
@@ -196,15 +196,30 @@ def test_a_gene_is_changed_when_its_change_exceeds_the_spread_of_cells_along_the
     t = np.linspace(0, 1, 100)
     rising = 1 / (1 + np.exp(-(t - 0.5) * 15))
     # Same decoded curves, two spreads: a rise of 0.3 against a per-step sd of 0.02 and of 0.2.
-    curves = np.stack([0.3 * rising, 0.3 * rising, 0.01 * rising, np.zeros_like(t)], axis=1)
+    curves = np.stack([0.3 * rising, 0.3 * rising, 0.015 * rising, np.zeros_like(t)], axis=1)
     spread = np.stack([np.full_like(t, 0.02), np.full_like(t, 0.2), np.full_like(t, 0.002), np.full_like(t, 0.02)], axis=1)
-    change, change_sd = change_and_spread(curves, spread)
-    np.testing.assert_allclose(change_sd, np.hypot(spread[0], spread[0]))
+    change, change_z = change_statistic(curves, spread)
+    # With an even spread the largest standardised difference is the range over √2 sd.
+    np.testing.assert_allclose(change_z, change / np.hypot(spread[0], spread[0]))
     result = cluster_kinetics(curves, ["clear", "noisy", "small", "constant"], t, spread=spread)
     shapes = result.table.set_index("gene")["gene_shape"]
     assert shapes.to_dict() == {"clear": "up", "noisy": "flat", "small": "up", "constant": "flat"}
-    # The bar: 5 % family-wise over the steps, about 3.5 sd of the change for 100 steps.
-    assert change_threshold_z(100) == pytest.approx(3.48, abs=0.01) and change_threshold_z(10) < change_threshold_z(100)
+    # The bar: 5 % family-wise over the 4,950 pairs of 100 steps, about 4.4 sd of a difference.
+    assert change_threshold_z(100) == pytest.approx(4.41, abs=0.01) and change_threshold_z(10) < change_threshold_z(100)
+
+
+def test_a_peak_where_cells_scatter_is_held_against_its_quiet_flanks():
+    """A granule protein's peak among heterogeneous progenitors: wide spread at the top, narrow on the
+    flanks. The range against the spread at its top and bottom (3.2 sd) would call it flat; the rising
+    flank, where the cells agree, shows the change (a pair of steps well beyond 4.4 sd)."""
+    t = np.linspace(0, 1, 100)
+    peak = 1.8 * np.exp(-((t - 0.65) ** 2) / 0.01)
+    spread = 0.05 + 0.55 * (peak / peak.max()) ** 4  # the scatter widens near the top only
+    change, change_z = change_statistic(peak[:, None], spread[:, None])
+    assert change[0] / np.hypot(spread.max(), spread.min()) < change_threshold_z(100) < change_z[0]
+    assert cluster_kinetics(np.stack([peak, peak], axis=1), ["AZU1", "copy"], t, spread=np.stack([spread, spread], axis=1)).table["gene_shape"].eq("transient").all()
+    # Without a spread a curve is changed when it moves at all.
+    assert change_statistic(np.stack([peak, np.ones_like(t)], axis=1), None)[1].tolist() == [np.inf, 0.0]
 
 
 def test_kshape_pitfalls_constant_curves_duplicates_and_empty_clusters(monkeypatch):

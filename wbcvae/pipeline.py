@@ -167,14 +167,11 @@ def _alignment(run: Run) -> Outputs:
     }
 
 
-REAL_RNA_LINEAGE = "monocytopoiesis"  # the synthetic preset whose lineage the real path stands beside
-
-
 def _real_rna(run: Run) -> Outputs:
     """The RNA β-VAE on real marrow, then the decoded path through `path`'s cell types: do the known
     markers go up and down on real RNA as they do in the synthetic world? Skipped without the data."""
     from wbcvae.trajectory.decode import as_decoder
-    from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS, TrajectoryPreset, get_preset
+    from wbcvae.trajectory.presets import real_rna_preset
     from wbcvae.trajectory.expression import cell_expression
     from wbcvae.trajectory.run import run_trajectory
     from wbcvae.checkpoints import load_plan
@@ -201,13 +198,7 @@ def _real_rna(run: Run) -> Outputs:
         raise InputError(f"real_rna.path: no {missing[0]!r} cells in {source}; its cell types: {known}")
     plan, record = load_plan(trained["checkpoint"])
     genes = json.loads(record["preprocessor"]["json"])["genes"]
-    preset = TrajectoryPreset(
-        name=f"{path[0]}_to_{path[-1]}",
-        lineage=get_preset(REAL_RNA_LINEAGE).lineage,
-        series=tuple(path),
-        description=f"Real RNA: {' → '.join(path)}",
-        expected_markers=MARROW_MONOCYTE_MARKERS,
-    )
+    preset = real_rna_preset(path)
     expression = cell_expression(source, cells.obs_names, [*genes, *preset.expected_markers])  # the real cells beside the curves
     result = run_trajectory(
         preset, cells.obsm[EMBEDDING_KEY], cell_types.tolist(), None, as_decoder(plan.vae), genes, folder / "trajectory",

@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traj.add_argument("--anchor-mode", choices=("centroid", "cells"), default="centroid")
     traj.add_argument("--steps", type=int, default=100)
     traj.add_argument("--samples", type=int, default=16, help="posterior paths decoded for the uncertainty")
-    traj.add_argument("--k-range", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"),
-                      help="k-Shape cluster counts tried; the best silhouette wins")
+    traj.add_argument("--k-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                      help="k-Shape cluster counts tried; the best silhouette wins (default: 3 6, as in the pipeline)")
     traj.add_argument("--min-lengthscale", type=float, default=0.25, help="shortest RBF lengthscale of the path GP, in path pseudotime (0 … 1)")
     traj.add_argument("--seed", type=int, default=0)
     traj.add_argument("--truth", type=Path, default=None, help="synthetic world (or its rna.h5ad): score against ground truth")
@@ -55,7 +55,7 @@ def _trajectory(args: argparse.Namespace) -> None:
         anchor_mode=args.anchor_mode,
         steps=args.steps,
         samples=args.samples,
-        k_range=tuple(args.k_range),
+        **({"k_range": tuple(args.k_range)} if args.k_range else {}),
         seed=args.seed,
         min_lengthscale=args.min_lengthscale,
     )

@@ -73,6 +73,20 @@ MARROW_MONOCYTE_MARKERS: dict[str, str] = {
 }
 
 
+REAL_RNA_LINEAGE = "monocytic"  # the synthetic lineage the real marrow path stands beside
+
+
+def real_rna_preset(path: list[str] | tuple[str, ...]) -> TrajectoryPreset:
+    """The path through real marrow's cell types (start to end), read against `MARROW_MONOCYTE_MARKERS`."""
+    return TrajectoryPreset(
+        name=f"{path[0]}_to_{path[-1]}",
+        lineage=REAL_RNA_LINEAGE,
+        series=tuple(path),
+        description=f"Real RNA: {' → '.join(path)}",
+        expected_markers=MARROW_MONOCYTE_MARKERS,
+    )
+
+
 def get_preset(name: str) -> TrajectoryPreset:
     if name not in PRESETS:
         raise InputError(f"no trajectory preset {name!r}; known: {sorted(PRESETS)}")

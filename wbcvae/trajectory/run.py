@@ -61,7 +61,7 @@ class TrajectorySettings:
     cells_per_stage: int = 32
     steps: int = 100
     samples: int = 16  # cells drawn along the path and decoded: their spread decides which genes are flat
-    flat_level: float = 0.05  # changed: range beyond the spread at this family-wise level over the steps
+    flat_level: float = 0.05  # changed: two steps apart beyond their spread, at this family-wise level over the pairs
     k_range: tuple[int, int] = K_RANGE  # k-Shape cluster counts tried; the best silhouette wins
     fit_iters: int = 100
     min_lengthscale: float = MIN_LENGTHSCALE  # the GP's shortest RBF lengthscale, in path pseudotime (0 … 1)
@@ -141,7 +141,7 @@ def run_trajectory(
         except InputError as err:  # e.g. end classes in two unconnected clouds: the chord still says something
             warnings.warn(f"trajectory {preset.name!r}: no data path ({err}); fitting the chord instead", stacklevel=2)
     anchors = data_anchors(latent, classes, cells) if cells is not None else _chord_anchors(latent, classes, preset, settings)
-    near = None if expression is None else _CellsNearPath(latent, expression, _quantile_size(classes, expression, preset, settings))
+    near = None if expression is None else _CellsNearPath(latent, expression, quantile_size(classes, expression, preset, settings))
     main = _walk(preset, anchors, image_decoder, gene_decoder, gene_names, settings, truth, near)
     trajectory, decoded, kinetics = main.trajectory, main.decoded, main.kinetics
     folder = Path(out_dir) / preset.name
@@ -219,7 +219,7 @@ class _CellsNearPath:
         return local_standard_error(trajectory.mean.numpy(), self.latent, self.expression, genes, self.neighbours)
 
 
-def _quantile_size(classes: Sequence[str], expression: CellExpression, preset: TrajectoryPreset, settings: TrajectorySettings) -> int:
+def quantile_size(classes: Sequence[str], expression: CellExpression, preset: TrajectoryPreset, settings: TrajectorySettings) -> int:
     """Cells in one pseudotime quantile of the preset's RNA cells: the resolution a data path is read at."""
     on_path = np.isin(np.asarray(classes, dtype=object), list(preset.series)) & expression.has_rna
     return max(2, int(on_path.sum()) // settings.quantiles)
@@ -272,9 +272,9 @@ def report_section(result: TrajectoryResult) -> Section:
     )
     lines = [
         f"{preset.description}. GP {how}, at stages {', '.join(dict.fromkeys(anchors.stages))}; RBF lengthscale "
-        f"{m['lengthscale']:.3f} (pseudotime units). A gene is changed when its decoded range exceeds the spread of "
-        f"{result.trajectory.samples.shape[0]} cells drawn along the path, with the standard error of the real cells' mean "
-        "near each step where the RNA is at hand (5 % family-wise over the steps), else flat; "
+        f"{m['lengthscale']:.3f} (pseudotime units). A gene is changed when two steps of its decoded curve differ by more "
+        f"than the spread of {result.trajectory.samples.shape[0]} cells drawn along the path there, with the standard error "
+        "of the real cells' mean near each step where the RNA is at hand (5 % family-wise over the pairs of steps), else flat; "
         "k-Shape on the changed genes with k = "
         f"{m['k_used']} (best silhouette). Genes by shape: {m['genes_up']} up, {m['genes_down']} down, "
         f"{m['genes_transient']} transient, {m['genes_flat']} flat.",
@@ -350,7 +350,7 @@ def marker_table(
     textbook shape shows whether the cells themselves move that way."""
     table = kinetics.table.set_index("gene")
     columns = [
-        "gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "spread", "net_change", "dpt_correlation", "dpt_shape",
+        "gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "change_z", "net_change", "dpt_correlation", "dpt_shape",
     ]  # fmt: skip
     rows = [
         {
@@ -361,7 +361,7 @@ def marker_table(
             "cluster_shape": table.at[gene, "shape"],
             "cluster": int(table.at[gene, "cluster"]),
             "change": float(table.at[gene, "change"]),
-            "spread": float(table.at[gene, "spread"]),
+            "change_z": float(table.at[gene, "change_z"]),
             "net_change": float(table.at[gene, "net_change"]),
             "dpt_correlation": _trend_correlation(decoded, trends, gene),
             "dpt_shape": _trend_shape(trends, gene),
