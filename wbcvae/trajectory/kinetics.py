@@ -55,10 +55,11 @@ class GeneKinetics:
 
     `table`: one row per gene, sorted by cluster then rank: gene, cluster, shape (the cluster's),
     gene_shape (the gene's own curve named alone), change (range along the path), change_z (the largest
-    difference between two steps in sds of that difference: the flat-or-changed statistic), net_change (end − start), peak_t, half_t (when the gene is first halfway
-    through its change), rank (by change); `cluster` −1 is the flat group. `curves`: z-normalised
-    curves indexed by gene (genes × steps; zeros for flat genes). `silhouettes`: k → silhouette of
-    the k-Shape fit with k clusters (the chosen `k_used` has the highest).
+    difference between two steps in sds of that difference: the flat-or-changed statistic), net_change
+    (end − start), peak_t, half_t (when the gene is first halfway through its change), rank (by change);
+    `cluster` −1 is the flat group. `curves`: z-normalised curves indexed by gene (genes × steps; zeros
+    for flat genes). `silhouettes`: k → silhouette of the k-Shape fit with k clusters (the chosen
+    `k_used` has the highest).
     """
 
     table: pd.DataFrame
