@@ -31,12 +31,12 @@ from scipy.stats import norm
 from sklearn.metrics import adjusted_rand_score
 
 from wbcvae.alignment.module import LabelledLatents, load_alignment
-from wbcvae.checkpoints import load_plan
+from wbcvae.checkpoints import kept_genes, load_plan
 from wbcvae.data.rna import read_rna
 from wbcvae.trajectory.decode import as_decoder, decode_path
 from wbcvae.trajectory.expression import cell_expression, local_standard_error
 from wbcvae.trajectory.gp import MAX_LENGTHSCALE, LatentPathGP, Trajectory
-from wbcvae.trajectory.kinetics import FLAT, change_statistic, change_threshold_z, shape_of, znormalise
+from wbcvae.trajectory.kinetics import FLAT, changed_genes, gene_shapes, znormalise
 from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS, real_rna_preset
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, quantile_size, run_trajectory
@@ -55,17 +55,16 @@ def calls(result, latent, classes, expression, gene_decoder, gene_names, setting
     paths = gp.sample(trajectory.t.double(), settings.samples, settings.seed)
     posterior = Trajectory(trajectory.name, trajectory.t, trajectory.mean, trajectory.variance, paths, trajectory.anchors)
     mean_only = np.hypot(decode_path(posterior, None, gene_decoder, gene_names).gene_std, cells_se)
-    steps, curves = len(trajectory.t), decoded.genes
+    steps, curves, level = len(trajectory.t), decoded.genes, settings.flat_level
     genes = np.arange(curves.shape[1])
     range_sd = np.hypot(shipped[curves.argmax(0), genes], shipped[curves.argmin(0), genes])
     changed = {
-        "shipped": change_statistic(curves, shipped)[1] > change_threshold_z(steps),
-        "range vs its ends (last release)": np.ptp(curves, 0) > norm.ppf(1 - 0.05 / (2 * steps)) * range_sd,
-        "mean only": change_statistic(curves, mean_only)[1] > change_threshold_z(steps),
+        "shipped": changed_genes(curves, shipped, level)[2],
+        "range vs its ends (last release)": np.ptp(curves, 0) > norm.ppf(1 - level / (2 * steps)) * range_sd,
+        "mean only": changed_genes(curves, mean_only, level)[2],
     }
-    named = [shape_of(row) for row in znormalise(curves.T)]
-    return {label: pd.Series(np.where(moving, named, FLAT), index=decoded.gene_names) for label, moving in changed.items()}
-
+    z = znormalise(curves.T)
+    return {label: pd.Series(gene_shapes(z, moving), index=decoded.gene_names) for label, moving in changed.items()}
 
 def synthetic(demo: Path, settings: TrajectorySettings, out: Path) -> list[dict]:
     module = load_alignment(demo / "alignment/alignment/version_0/checkpoints/last.ckpt")
@@ -92,7 +91,7 @@ def van_galen(demo: Path, settings: TrajectorySettings, out: Path) -> list[dict]
     stage = json.loads((demo / "real_rna/stage.json").read_text())
     cells = anndata.read_h5ad(demo / "real_rna/rna_latent.h5ad")  # latents (`wbcvae embed`), not counts
     plan, record = load_plan(stage["checkpoint"])
-    genes = json.loads(record["preprocessor"]["json"])["genes"]
+    genes = kept_genes(record)
     preset = real_rna_preset(stage["path"])
     classes = cells.obs["cell_type"].astype(object).fillna("").astype(str).tolist()
     expression = cell_expression(stage["source"], cells.obs_names, [*genes, *preset.expected_markers])

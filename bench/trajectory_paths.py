@@ -13,7 +13,6 @@ Figures and tables land in OUT/<preset>/ (paths.png: both paths over the cells; 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +20,10 @@ import pandas as pd
 from wbcvae.data.rna import read_rna
 from wbcvae.trajectory.decode import as_decoder
 from wbcvae.trajectory.presets import PRESETS
-from wbcvae.trajectory.pseudotime import cell_expression
+from wbcvae.trajectory.expression import cell_expression
 from wbcvae.trajectory.recovery import GroundTruth
 from wbcvae.trajectory.run import TrajectorySettings, run_trajectory
-from wbcvae.checkpoints import load_plan
+from wbcvae.checkpoints import kept_genes, load_plan
 from wbcvae.training.embed import EMBEDDING_KEY, embed
 
 NUMBERS = ("ari_curves", "ari_clusters", "transient_recall", "curve_shape_accuracy", "shape_accuracy", "pseudotime_spearman", "k_used", "genes_flat")
@@ -41,7 +40,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cells = embed(args.rna_ckpt, args.world, args.out / "rna_latent.h5ad")
     plan, record = load_plan(args.rna_ckpt)
-    genes = json.loads(record["preprocessor"]["json"])["genes"]
+    genes = kept_genes(record)
     latent = cells.obsm[EMBEDDING_KEY]
     truth = GroundTruth.from_anndata(latent, cells.obs, read_rna(args.world).var)
     markers = sorted({g for name in args.presets for g in PRESETS[name].expected_markers})

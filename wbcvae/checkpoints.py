@@ -9,6 +9,7 @@ never imported by a name written in the file.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -104,6 +105,11 @@ def load_plan(
     plan = rebuild(ckpt, lambda: plans[record["kind"]](**saved_hparams(checkpoint)), checkpoint["state_dict"])
     record = {**record, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     return plan.to(map_location), record
+
+
+def kept_genes(record: dict) -> list[str]:
+    """The genes an RNA β-VAE's preprocessor kept, in its input order, from its `wbcvae` record (`load_plan`)."""
+    return json.loads(record["preprocessor"]["json"])["genes"]
 
 
 def saved_hparams(checkpoint: dict) -> dict:

@@ -174,7 +174,7 @@ def _real_rna(run: Run) -> Outputs:
     from wbcvae.trajectory.presets import real_rna_preset
     from wbcvae.trajectory.expression import cell_expression
     from wbcvae.trajectory.run import run_trajectory
-    from wbcvae.checkpoints import load_plan
+    from wbcvae.checkpoints import kept_genes, load_plan
     from wbcvae.training.embed import EMBEDDING_KEY, embed
 
     settings = run.section("real_rna")
@@ -197,7 +197,7 @@ def _real_rna(run: Run) -> Outputs:
         known = ", ".join(sorted(t for t in counts.index if t))
         raise InputError(f"real_rna.path: no {missing[0]!r} cells in {source}; its cell types: {known}")
     plan, record = load_plan(trained["checkpoint"])
-    genes = json.loads(record["preprocessor"]["json"])["genes"]
+    genes = kept_genes(record)
     preset = real_rna_preset(path)
     expression = cell_expression(source, cells.obs_names, [*genes, *preset.expected_markers])  # the real cells beside the curves
     result = run_trajectory(

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger
 from wbcvae.alignment.metrics import save_joint_latent_plot
 from wbcvae.alignment.module import JointAlignmentModule, LabelledLatents, RnaCells
 from wbcvae.alignment.warm_start import procrustes_warm_start
-from wbcvae.checkpoints import load_plan
+from wbcvae.checkpoints import kept_genes, load_plan
 from wbcvae.data.rna import read_rna
 from wbcvae.errors import InputError
 from wbcvae.features.datamodule import FeatureDataModule
@@ -124,7 +124,7 @@ def build_module(config: AlignConfig, run_dir: Path) -> tuple[JointAlignmentModu
     store.require_read_like(image_record.get("data", {}).get("store", {}), "the image model's training store")
     rna_plan, rna_record = load_plan(config.rna_ckpt, kind="rna")
     rna = embed(config.rna_ckpt, config.rna, run_dir / "rna_latent.h5ad")
-    genes = json.loads(rna_record["preprocessor"]["json"])["genes"] if rna_record.get("preprocessor") else ()
+    genes = kept_genes(rna_record) if rna_record.get("preprocessor") else ()
     cells = RnaCells(
         rna.obsm[EMBEDDING_KEY],
         rna.obs["cell_type"].astype(str).tolist(),

@@ -118,6 +118,19 @@ def change_threshold_z(steps: int, level: float = 0.05) -> float:
     return float(norm.ppf(1 - level / (steps * (steps - 1))))
 
 
+def changed_genes(expression: np.ndarray, spread: np.ndarray | None, level: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per gene of a steps × genes matrix: its range, `change_z`, and whether it is changed (`change_z`
+    beyond z for a family-wise `level` over the pairs of steps, and the curve moves at all)."""
+    expression = np.asarray(expression, dtype=np.float64)
+    change, change_z = change_statistic(expression, spread)
+    return change, change_z, (change_z > change_threshold_z(len(expression), level)) & (change > 1e-9)
+
+
+def gene_shapes(z: np.ndarray, moving: np.ndarray) -> list[str]:
+    """Each gene named by its own z-normalised curve (genes × steps): up, down or transient, flat unless `moving`."""
+    return [shape_of(row) if m else FLAT for row, m in zip(z, moving)]
+
+
 def cluster_kinetics(
     expression: np.ndarray,
     gene_names: Sequence[str],
@@ -143,8 +156,7 @@ def cluster_kinetics(
         raise ValueError(f"spread has shape {np.shape(spread)}, the curves {expression.shape}")
     t = np.linspace(0, 1, steps) if t is None else np.asarray(t)
     curves = expression.T  # genes × steps
-    change, change_z = change_statistic(expression, spread)
-    moving = (change_z > change_threshold_z(steps, level)) & (change > 1e-9)
+    change, change_z, moving = changed_genes(expression, spread, level)
     z = znormalise(curves)
     z[~moving] = 0.0
 
@@ -161,7 +173,7 @@ def cluster_kinetics(
             "gene": list(gene_names),
             "cluster": labels,
             "shape": [cluster_shape[c] for c in labels],
-            "gene_shape": [shape_of(row) if m else FLAT for row, m in zip(z, moving)],
+            "gene_shape": gene_shapes(z, moving),
             "change": change,
             "change_z": change_z,
             "net_change": curves[:, -1] - curves[:, 0],
