@@ -128,6 +128,37 @@ def test_data_path_follows_a_bent_trajectory_that_the_chord_cuts_across():
     assert data.mean[0, 0] > 2.5 and data.mean[-1, 0] < -2.5
 
 
+def test_a_dense_start_cloud_holds_two_waypoints_and_the_later_cells_the_rest():
+    """A start class with most of the cells and no order inside (a round cloud, as the synthetic myeloblasts):
+    at equal counts it would hold most of the waypoints; by the DPT it spans, two, and the eight others trace `b`."""
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(scale=0.5, size=(600, DIM))
+    t = np.sort(rng.uniform(0, 1, 300))
+    line = np.zeros((300, DIM))
+    line[:, 0] = 1.0 + 6.0 * t
+    line += 0.1 * rng.normal(size=line.shape)
+    latent, classes = np.vstack([cloud, line]).astype(np.float32), np.repeat(["a", "b"], [600, 300])
+
+    capped, equal = path_cells(latent, classes, ("a", "b")), path_cells(latent, classes, ("a", "b"), start_waypoints="count")
+    named = lambda cells: data_anchors(latent, classes, cells).stages  # noqa: E731
+    assert named(capped) == ["a"] * 2 + ["b"] * 8 and named(equal).count("a") >= 6
+    along_b = capped.centroids[2:, 0]
+    assert np.all(np.diff(along_b) > 0) and np.ptp(along_b) > 4  # eight steps out along the line
+    assert np.allclose(np.diff(along_b), np.diff(along_b).mean(), rtol=0.5)  # at about even spacing
+    assert np.all(np.diff(capped.t[np.argsort(capped.dpt)]) >= 0)  # pseudotime still follows DPT
+
+
+def test_a_start_class_that_matures_along_the_path_keeps_its_waypoints():
+    """Evenly spread along the path (banded → segmented neutrophil), the start class spans the DPT its cells
+    take, so it keeps about its equal-count share of the waypoints."""
+    latent, classes, _ = cells_on_a_bend(n=400)
+    classes = np.where(np.arange(400) < 200, "a", "b")
+    cells = path_cells(latent, classes, ("a", "b"))
+    assert data_anchors(latent, classes, cells).stages.count("a") in (4, 5)
+    with pytest.raises(InputError, match="start_waypoints must be one of"):
+        path_cells(latent, classes, ("a", "b"), start_waypoints="few")
+
+
 def test_data_path_needs_its_end_classes_connected():
     latent, classes, _ = cells_on_a_bend()
     latent[classes == "b"] += 100.0  # two clouds, no cells in between

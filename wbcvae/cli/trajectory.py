@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traj.add_argument("--out", type=Path, default=None, help="output folder (default: beside the checkpoint, trajectories/)")
     traj.add_argument("--path", choices=("data", "chord"), default="data",
                       help="data: through diffusion-pseudotime quantiles of the cells (default); chord: the study's class anchors")
+    traj.add_argument("--start-waypoints", choices=("extent", "count"), default="extent",
+                      help="data path: the start class' pseudotime quantiles for the share of DPT it spans (default) or of the cells")
     traj.add_argument("--waypoints", action="store_true", help="chord: anchor every stage of the series, not only its two ends")
     traj.add_argument("--anchor-mode", choices=("centroid", "cells"), default="centroid")
     traj.add_argument("--steps", type=int, default=100)
@@ -51,6 +53,7 @@ def _trajectory(args: argparse.Namespace) -> None:
     out = args.out or args.ckpt.resolve().parent.parent / "trajectories"
     settings = TrajectorySettings(
         path=args.path,
+        start_waypoints=args.start_waypoints,
         waypoints=args.waypoints,
         anchor_mode=args.anchor_mode,
         steps=args.steps,

@@ -35,7 +35,15 @@ from wbcvae.trajectory.decode import (
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import MAX_LENGTHSCALE, MIN_LENGTHSCALE, Anchors, LatentPathGP, Trajectory, class_anchors
 from wbcvae.trajectory.kinetics import K_RANGE, GeneKinetics, cluster_kinetics, cluster_summary, save_heatmap, shape_of, znormalise
-from wbcvae.trajectory.pseudotime import data_anchors, dpt_trends, path_cells, save_marker_trends, save_paths_plot, trend_correlation
+from wbcvae.trajectory.pseudotime import (
+    START_WAYPOINTS,
+    data_anchors,
+    dpt_trends,
+    path_cells,
+    save_marker_trends,
+    save_paths_plot,
+    trend_correlation,
+)
 from wbcvae.trajectory.presets import TrajectoryPreset, get_preset
 from wbcvae.trajectory.recovery import GroundTruth
 
@@ -48,13 +56,15 @@ class TrajectorySettings:
     """How a path is fitted, decoded and clustered.
 
     `path: data` runs the GP through the centroids of `quantiles` diffusion-pseudotime quantiles of
-    the cells between the two end classes (and, with `compare_chord`, fits the study's chord beside it,
-    its numbers prefixed `chord_`); `path: chord` is the study's: class anchors, the two end classes
-    (or every stage with `waypoints`), at centroids or sampled cells (`anchor_mode`).
+    the cells between the two end classes, the start class holding as many as the share of the DPT it
+    spans (`start_waypoints: extent`; `count`: its share of the cells). With `compare_chord` it fits the
+    study's chord beside it, its numbers prefixed `chord_`. `path: chord` is the study's: class anchors, the two end classes (or every stage with `waypoints`), at centroids or
+    sampled cells (`anchor_mode`).
     """
 
     path: str = "data"
     quantiles: int = 10
+    start_waypoints: str = START_WAYPOINTS[0]  # data path: the start class' quantiles by the DPT it spans, or by its count
     compare_chord: bool = True
     waypoints: bool = False  # chord: anchor every stage of the series, not just the two end points
     anchor_mode: str = "centroid"  # chord: or "cells", sampled cells per stage, learnt noise
@@ -73,6 +83,8 @@ class TrajectorySettings:
             raise InputError(f"trajectory path must be one of {PATHS}, got {self.path!r}")
         if len(self.k_range) != 2 or not 2 <= self.k_range[0] <= self.k_range[1]:
             raise InputError(f"trajectory k_range must be [min, max] with 2 ≤ min ≤ max, got {list(self.k_range)}")
+        if self.start_waypoints not in START_WAYPOINTS:
+            raise InputError(f"trajectory start_waypoints must be one of {START_WAYPOINTS}, got {self.start_waypoints!r}")
         if self.samples < 2:
             raise InputError(f"trajectory samples must be at least 2 (their spread calls genes flat), got {self.samples}")
 
@@ -137,7 +149,8 @@ def run_trajectory(
     cells = None
     if settings.path == "data":
         try:
-            cells = path_cells(latent, classes, preset.series, _data_path_rows(classes, modality, preset), settings.quantiles)
+            rows = _data_path_rows(classes, modality, preset)
+            cells = path_cells(latent, classes, preset.series, rows, settings.quantiles, start_waypoints=settings.start_waypoints)
         except InputError as err:  # e.g. end classes in two unconnected clouds: the chord still says something
             warnings.warn(f"trajectory {preset.name!r}: no data path ({err}); fitting the chord instead", stacklevel=2)
     anchors = data_anchors(latent, classes, cells) if cells is not None else _chord_anchors(latent, classes, preset, settings)
