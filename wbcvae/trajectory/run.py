@@ -149,7 +149,7 @@ def run_trajectory(
     cells = None
     if settings.path == "data":
         try:
-            rows = _data_path_rows(classes, modality, preset)
+            rows = data_path_rows(classes, modality, preset)
             cells = path_cells(latent, classes, preset.series, rows, settings.quantiles, start_waypoints=settings.start_waypoints)
         except InputError as err:  # e.g. end classes in two unconnected clouds: the chord still says something
             warnings.warn(f"trajectory {preset.name!r}: no data path ({err}); fitting the chord instead", stacklevel=2)
@@ -204,7 +204,7 @@ def run_trajectory(
     return TrajectoryResult(preset, trajectory, decoded, kinetics, files, metrics, tables)
 
 
-def _data_path_rows(classes: Sequence[str], modality: Sequence[str] | None, preset: TrajectoryPreset) -> np.ndarray:
+def data_path_rows(classes: Sequence[str], modality: Sequence[str] | None, preset: TrajectoryPreset) -> np.ndarray:
     """Which cells a data path is read from: the RNA cells when they hold both end classes, else all."""
     everyone = np.ones(len(classes), dtype=bool)
     if modality is None:
