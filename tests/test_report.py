@@ -88,6 +88,9 @@ def test_headlines_put_each_result_beside_its_baseline():
     with_trend = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_as_dpt": 5}}
     real = {h.result.partition(":")[0]: h for h in headlines(with_trend)}[real.result.partition(":")[0]]
     assert real.reading.endswith("LYZ, S100A8 up; 5 of 6 have the shape of the real cells' own DPT trend")
+    one_miss = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_agree": 5, "marker_misses": {"CD34": "down"}}}
+    real = {h.result.partition(":")[0]: h for h in headlines(one_miss)}[real.result.partition(":")[0]]
+    assert real.reading.endswith("LYZ, S100A8 up; not as expected: CD34 (expected down)")
     assert lines["Cells segmented"].value == "0.90 (a cell found in 100\u00a0% of crops)"
 
 

@@ -91,6 +91,7 @@ METRIC_LABELS = {
     "markers_as_dpt": "known markers shaped as their DPT trend",
     "markers_compared": "known markers compared",
     "marker_shapes": "marker shape",
+    "marker_misses": "marker expected otherwise",
 }
 
 
@@ -239,8 +240,14 @@ def _real_markers_headline(real: Mapping[str, Any]) -> Headline | None:
         title,
         f"{agree} of {total}",
         f"a random shape (up, down, transient, flat) matches 1 in 4: {total / 4:.1f} of {total}",
-        _marker_reading(agree, total) + (f": {shapes}" if shapes else "") + _as_cells(real, total),
+        _marker_reading(agree, total) + (f": {shapes}" if shapes else "") + _misses(real) + _as_cells(real, total),
     )
+
+
+def _misses(real: Mapping[str, Any]) -> str:
+    """The markers that did not go the expected way, with the way expected."""
+    misses = real.get("marker_misses") or {}
+    return f"; not as expected: {', '.join(f'{gene} (expected {shape})' for gene, shape in misses.items())}" if misses else ""
 
 
 def _as_cells(real: Mapping[str, Any], total: int) -> str:
@@ -380,7 +387,10 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
         [files[key] for key in ("heatmap", "markers_plot") if key in files],
         tables | {"clusters": pd.read_csv(files["clusters"])},
     )
-    shapes = {"marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", [])))}
+    shapes = {
+        "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
+        "marker_misses": {g: e for g, e, ok in zip(markers.get("gene", []), markers.get("expected", []), markers.get("agrees", [])) if not ok},
+    }
     return section, {"markers_agree": 0, "markers_compared": 0, **m, **shapes}
 
 
