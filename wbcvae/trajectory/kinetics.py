@@ -16,8 +16,10 @@ tuned to the data: the yardstick is the cells' own spread.
 
 The number of clusters is chosen, not fixed: k-Shape is fitted for each k in `k_range` and the k with
 the highest silhouette (on k-Shape's own shape-based distance, 1 − max normalised cross-correlation,
-over the changed genes) is kept. The range starts at 3, the number of shapes a changed gene can have. Each cluster is named by the shape of its members' mean curve
-(up / down / transient), not by the k-Shape centroid, which k-Shape may have shifted in time.
+over the changed genes) is kept. The range starts at 3, the number of shapes a changed gene can have. Each cluster is
+named by the commonest shape of its members' own curves (up / down / transient). Not by the k-Shape centroid, which
+k-Shape may have shifted in time, nor by the members' mean curve: bumps at different times, filed with the falling
+genes they overlap, average into a fall (a demo cluster of 242 genes, most of them transient, was named down).
 k-Shape's other pitfalls are handled here too: an initialisation can leave a cluster empty (tslearn
 then returns stale labels: we check and ask for one cluster fewer), and there can be fewer distinct
 curves than k.
@@ -29,6 +31,7 @@ algorithm, initialisation and bookkeeping and replaces only those two inner loop
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,16 +167,17 @@ def cluster_kinetics(
     k_used, silhouettes = 0, {}
     if moving.any():
         labels[moving], k_used, silhouettes = choose_k(z[moving], k_range, n_init, seed)
+    own_shapes = gene_shapes(z, moving)
     cluster_shape = {-1: FLAT}
     for c in range(k_used):
-        cluster_shape[c] = shape_of(z[labels == c].mean(0))
+        cluster_shape[c] = Counter(shape for shape, label in zip(own_shapes, labels) if label == c).most_common(1)[0][0]
 
     table = pd.DataFrame(
         {
             "gene": list(gene_names),
             "cluster": labels,
             "shape": [cluster_shape[c] for c in labels],
-            "gene_shape": gene_shapes(z, moving),
+            "gene_shape": own_shapes,
             "change": change,
             "change_z": change_z,
             "net_change": curves[:, -1] - curves[:, 0],

@@ -28,11 +28,12 @@ from wbcvae.trajectory.gp import Anchors, Trajectory
 
 # How many waypoints the start class holds. DPT is rooted in it; at the root of a lineage it is a dense cloud whose
 # order the latent barely resolves (the synthetic myeloblasts: Spearman 0.01 between DPT and true pseudotime) and which
-# spans a tenth of the DPT, yet at equal counts it holds most of the waypoints (myeloblast → monocyte: 5 of 10, the
-# myeloblasts of both lineages; van Galen's HSC → Mono: 7, HSCs being 73 % of the cells) and the path spends half its
-# length crossing it. "extent": waypoints for the share of the DPT its cells span (their `START_EXTENT` quantile), at
-# least two (its tip, where van Galen's stem-cell genes are highest, and its bulk): a start class that matures along the
-# path (banded → segmented neutrophil) spans most of it and keeps them. "count": its share of the cells (last version).
+# spans a tenth of the DPT or less (`bench/start_waypoints.py`), yet at equal counts it holds most of the waypoints
+# (myeloblast → monocyte: 5 of 10, the myeloblasts of both lineages; van Galen's HSC → Mono: 7, HSCs being 73 % of the
+# cells) and the path spends half its length crossing it. "extent": waypoints for the share of the DPT its cells span
+# (their `START_EXTENT` quantile), at least two (its tip, where van Galen's stem-cell genes are highest, and its bulk):
+# a start class that matures along the path (banded → segmented neutrophil) spans most of it and keeps them. "count":
+# its share of the cells (the last version).
 START_WAYPOINTS = ("extent", "count")
 START_EXTENT = 0.9
 

@@ -58,8 +58,8 @@ class TrajectorySettings:
     `path: data` runs the GP through the centroids of `quantiles` diffusion-pseudotime quantiles of
     the cells between the two end classes, the start class holding as many as the share of the DPT it
     spans (`start_waypoints: extent`; `count`: its share of the cells). With `compare_chord` it fits the
-    study's chord beside it, its numbers prefixed `chord_`. `path: chord` is the study's: class anchors, the two end classes (or every stage with `waypoints`), at centroids or
-    sampled cells (`anchor_mode`).
+    study's chord beside it, its numbers prefixed `chord_`. `path: chord` is the study's: class anchors,
+    the two end classes (or every stage with `waypoints`), at centroids or sampled cells (`anchor_mode`).
     """
 
     path: str = "data"
