@@ -1,4 +1,4 @@
-"""Which yardstick calls a gene flat or changed: the shipped one against the last release's and a looser one.
+"""Which yardstick calls a gene flat or changed: the shipped one against an earlier release's and a looser one.
 
 The data path of each preset is fitted and decoded once (as `wbcvae trajectory` does), then its genes are
 called flat or changed three ways, every changed gene named by its own curve as shipped:
@@ -6,7 +6,7 @@ called flat or changed three ways, every changed gene named by its own curve as 
 - `shipped`: some two steps differ by more than z sds of their difference, the per-step sd combining
   the spread of cells drawn along the path (a posterior path plus the cells' scatter around it) with the
   standard error of the real cells' mean near that step; z for 5 % over the pairs of steps.
-- `range vs its ends (last release)`: the same sd, but only the curve's highest and lowest steps
+- `range vs its ends (two releases ago)`: the same sd, but only the curve's highest and lowest steps
   compared; z for 5 % over the steps.
 - `mean only`: as shipped, without the cells' scatter: the uncertainty of the mean curve alone (posterior
   paths and the cells' standard error).
@@ -52,7 +52,7 @@ def calls(result, cells: demo_paths.PathCellsOf, settings: TrajectorySettings) -
     range_sd = np.hypot(shipped[curves.argmax(0), genes], shipped[curves.argmin(0), genes])
     changed = {
         "shipped": changed_genes(curves, shipped, level)[2],
-        "range vs its ends (last release)": np.ptp(curves, 0) > norm.ppf(1 - level / (2 * steps)) * range_sd,
+        "range vs its ends (two releases ago)": np.ptp(curves, 0) > norm.ppf(1 - level / (2 * steps)) * range_sd,
         "mean only": changed_genes(curves, mean_only, level)[2],
     }
     z = znormalise(curves.T)
