@@ -397,6 +397,11 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     for name in ("strip.png", "path.gif", "heatmap.png", "markers.png", "paths.png", "genes.csv", "path.csv", "kinetics.csv", "clusters.csv"):
         assert (folder / name).is_file(), name
     assert pd.read_csv(folder / "genes.csv").shape == (40, len(genes) + 1)
+    # Each cluster is named by the commonest shape of its genes' own curves, and k by the best silhouette.
+    clusters = pd.read_csv(folder / "clusters.csv").set_index("cluster").drop(index=-1)
+    own = clusters[["own_up", "own_down", "own_transient"]]
+    assert (own.idxmax(axis=1).str.removeprefix("own_") == clusters["shape"]).all() and own.sum().sum() == 24
+    assert m[f"silhouette_k{m['k_used']}"] == max(m[f"silhouette_k{k}"] for k in (3, 4))
     # The real cells nearest the strip's frames run through the lineage in its order, from its first stage to its last.
     stages = [preset.series.index(c) for c in pd.read_csv(folder / "strip_cells.csv")["nearest_cell"]]
     assert stages[0] == 0 and stages[-1] == len(preset.series) - 1 and stages == sorted(stages)

@@ -302,14 +302,17 @@ def _renumber_by_shape(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def cluster_summary(kinetics: GeneKinetics) -> pd.DataFrame:
-    """One row per cluster: shape, size and its top genes by change."""
+    """One row per cluster: shape, size, its members by their own curve's shape (the name is the commonest)
+    and its top genes by change."""
     rows = []
     for cluster, members in kinetics.table.groupby("cluster"):
+        own = members["gene_shape"].value_counts()
         rows.append(
             {
                 "cluster": cluster,
                 "shape": members["shape"].iloc[0],
                 "genes": len(members),
+                **{f"own_{shape}": int(own.get(shape, 0)) for shape in ("up", "down", "transient")},
                 "top_genes": ", ".join(members.nsmallest(8, "rank")["gene"]),
             }
         )

@@ -266,6 +266,7 @@ def _walk(
         "k_used": kinetics.k_used,
         "mean_path_sd": float(trajectory.variance.sqrt().mean()),
         **{f"genes_{shape}": int((kinetics.table["gene_shape"] == shape).sum()) for shape in ("up", "down", "transient", "flat")},
+        **{f"silhouette_k{k}": float(value) for k, value in kinetics.silhouettes.items()},  # what chose k_used
     }
     confusion = None
     if truth is not None:
