@@ -30,7 +30,7 @@ SYNTHETIC = ("granulopoiesis", "monocytopoiesis")
 
 
 @dataclass
-class PathCellsOf:
+class TrajectoryInputs:
     """Labelled latents (rows: cells) and everything `run_trajectory` reads beside them."""
 
     latent: np.ndarray
@@ -46,17 +46,17 @@ class PathCellsOf:
                               self.truth, self.modality, self.expression)  # fmt: skip
 
 
-def synthetic(folder: Path) -> PathCellsOf:
+def synthetic(folder: Path) -> TrajectoryInputs:
     module = load_alignment(folder / "alignment/alignment/version_0/checkpoints/last.ckpt")
     world = read_rna(folder / "world")
     truth = GroundTruth.from_anndata(module.rna_latent.numpy(), world.obs, world.var)
     cells = LabelledLatents.concat([module.rna_latents(), module.image_latents])
     expression = cell_expression(world, None, module.gene_names).padded(len(cells.latent))
-    return PathCellsOf(cells.latent, list(cells.classes), list(cells.modality), expression, as_decoder(module.rna_plan.vae),
+    return TrajectoryInputs(cells.latent, list(cells.classes), list(cells.modality), expression, as_decoder(module.rna_plan.vae),
                        list(module.gene_names), truth)  # fmt: skip
 
 
-def van_galen(folder: Path) -> tuple[PathCellsOf, TrajectoryPreset] | None:
+def van_galen(folder: Path) -> tuple[TrajectoryInputs, TrajectoryPreset] | None:
     if not (folder / "real_rna/stage.json").exists():
         return None
     stage = json.loads((folder / "real_rna/stage.json").read_text())
@@ -66,4 +66,4 @@ def van_galen(folder: Path) -> tuple[PathCellsOf, TrajectoryPreset] | None:
     preset = real_rna_preset(stage["path"])
     classes = cells.obs["cell_type"].astype(object).fillna("").astype(str).tolist()
     expression = cell_expression(stage["source"], cells.obs_names, [*genes, *preset.expected_markers])
-    return PathCellsOf(cells.obsm[EMBEDDING_KEY], classes, None, expression, as_decoder(plan.vae), genes), preset
+    return TrajectoryInputs(cells.obsm[EMBEDDING_KEY], classes, None, expression, as_decoder(plan.vae), genes), preset

@@ -37,7 +37,7 @@ from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS
 from wbcvae.trajectory.run import TrajectorySettings, quantile_size
 
 
-def calls(result, cells: demo_paths.PathCellsOf, settings: TrajectorySettings) -> dict[str, pd.Series]:
+def calls(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> dict[str, pd.Series]:
     """Per yardstick, each gene's kinetic (up / down / transient / flat) along the result's decoded path."""
     trajectory, decoded = result.trajectory, result.decoded
     neighbours = quantile_size(cells.classes, cells.expression, result.preset, settings)

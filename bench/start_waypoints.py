@@ -28,7 +28,7 @@ from wbcvae.trajectory.run import TrajectorySettings, data_path_rows
 NUMBERS = {"pseudotime_spearman": "Spearman", "ari_curves": "ARI", "curve_shape_accuracy": "right", "transient_recall": "transient found"}
 
 
-def rows_for(cells: demo_paths.PathCellsOf, preset: TrajectoryPreset, out: Path) -> list[dict]:
+def rows_for(cells: demo_paths.TrajectoryInputs, preset: TrajectoryPreset, out: Path) -> list[dict]:
     among = data_path_rows(cells.classes, cells.modality, preset)
     classes = np.asarray(cells.classes, dtype=object)
     rows = []
