@@ -337,6 +337,11 @@ def test_decoding_writes_strip_gif_and_matrix_of_the_right_shapes(tmp_path):
     assert decoded.images.shape == (12, 3, 16, 16) and decoded.image_std.shape == (6, 16, 16)
     assert decoded.genes.shape == (12, 5) and decoded.gene_std.shape == (12, 5)
     assert decoded.gene_frame().shape == (12, 5) and decoded.gene_frame().index[-1] == 1.0
+    # The shaded band holds the samples' central 95 %: never outside what the decoder gives (≥ 0.1 here, where
+    # mean − 2 sd may fall), of no width where the gene is flat.
+    low, high = decoded.gene_band
+    assert decoded.gene_band.shape == (2, 12, 5) and (low >= 0.1 - 1e-6).all() and (low <= high).all()
+    assert (high - low)[:, 3].max() < 1e-6 and (high - low)[:, [0, 1, 2, 4]].max() > 0
     # Decoding is deterministic (dropout off): decoding the mean path twice gives the same images.
     again = decode_path(path, as_decoder(vae), planted_gene_decoder(kinds), [f"G{i}" for i in range(5)])
     torch.testing.assert_close(again.images, decoded.images)

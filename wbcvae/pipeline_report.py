@@ -40,8 +40,9 @@ CAPTIONS = {
     "path.gif": "The same path, animated: one decoded cell per step from the first stage to the last.",
     "heatmap.png": "Z-normalised decoded expression of each k-Shape cluster's top genes along the path. Look for "
     "blocks that rise, fall or peak mid-way: each block is one kinetic programme.",
-    "markers.png": "Known markers' decoded expression along the path, shaded ±2 sd over posterior paths. Look for "
-    "each marker moving the way biology expects (the section's text lists expected and found shapes).",
+    "markers.png": "Known markers' decoded expression along the path, with the central 95 % of the cells drawn along "
+    "posterior paths shaded. Look for each marker moving the way biology expects (the section's text lists expected "
+    "and found shapes).",
 }
 
 # The full metric table at the end of the page: a title for each group (a top-level key of metrics.json),

@@ -4,7 +4,9 @@ Decoders are duck-typed: a VAE with `.render(z)` (the image VAE: the decoded cel
 mask on grey) or `.decode(z)`, or any callable z → output; when the output is a tuple its last
 element is taken. The mean path is decoded
 once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
-and per-gene standard deviation), so the figures show how sure the path is. Without an image decoder
+and per-gene standard deviation; for genes also the band holding the central 95 % of the samples, which,
+unlike ±2 sd, never leaves the range a decoder can give, e.g. below zero expression), so the figures show
+how sure the path is. Without an image decoder
 (a path through an RNA-only latent) only the genes are decoded. Beside the decoded cells, a strip can
 show the real image cell nearest the path at each frame (`CellCrops`): what a blurred decoding cannot draw
 (a band nucleus, its lobes), the cells the path runs through can.
@@ -29,6 +31,7 @@ from wbcvae.trajectory.gp import Trajectory
 from wbcvae.utils.atomic import atomic_path
 
 Decoder = Callable[[Tensor], Tensor]
+BAND = (0.025, 0.975)  # the quantiles of the decoded posterior samples the gene figures shade
 
 
 def as_decoder(model: nn.Module | Callable) -> Decoder:
@@ -57,6 +60,7 @@ class DecodedPath:
     image_std: Tensor | None  # F×H×W, pixel spread over posterior samples at `strip_steps` (channel mean)
     genes: np.ndarray  # N×G, decoded mean path
     gene_std: np.ndarray | None  # N×G, spread over posterior samples
+    gene_band: np.ndarray | None  # 2×N×G: the samples' `BAND` quantiles
     gene_names: list[str]
 
     def gene_frame(self) -> pd.DataFrame:
@@ -87,19 +91,24 @@ def decode_path(
         raise ValueError(f"gene decoder returns {genes.shape[1]} genes but {len(gene_names)} gene names were given")
     images = None if image_decoder is None else _decode_batched(image_decoder, trajectory.mean, batch_size).clamp(0, 1)
     strip_steps = strip_frame_steps(len(trajectory.t), strip_frames)
-    image_std = gene_std = None
+    image_std = gene_std = gene_band = None
     if len(trajectory.samples) > 1:
-        # Running moments: holding every sample's decoded output at once would take hundreds of MB.
-        image_moments, gene_moments = _Moments(), _Moments()
+        # Images: running moments, as every sample's decoded frames at once would take hundreds of MB. Genes are
+        # held (S×N×G float32: 16 samples × 100 steps × 2,432 genes is 16 MB) for their quantiles.
+        image_moments = _Moments()
+        gene_samples = []
         for path in trajectory.samples:
             if image_decoder is not None:
                 image_moments.add(_decode_batched(image_decoder, path[strip_steps], batch_size))
-            gene_moments.add(_decode_batched(gene_decoder, path, batch_size))
+            gene_samples.append(_decode_batched(gene_decoder, path, batch_size).float().numpy())
         image_std = None if image_decoder is None else image_moments.std().mean(1)
-        gene_std = gene_moments.std().numpy()
+        gene_samples = np.stack(gene_samples)
+        gene_std = gene_samples.std(0, ddof=1, dtype=np.float64).astype(np.float32)
+        gene_band = np.quantile(gene_samples, BAND, axis=0)
     return DecodedPath(
-        trajectory.name, trajectory.t.numpy(), images, strip_steps, image_std, genes.numpy(), gene_std, list(gene_names)
-    )
+        trajectory.name, trajectory.t.numpy(), images, strip_steps, image_std,
+        genes.numpy(), gene_std, gene_band, list(gene_names),
+    )  # fmt: skip
 
 
 @dataclass
@@ -158,21 +167,26 @@ def save_gif(decoded: DecodedPath, path: Path, frame_ms: int = 80) -> Path:
 
 
 def save_gene_curves(decoded: DecodedPath, genes: Sequence[str], path: Path) -> Path:
-    """PNG: decoded expression of `genes` along the path, ±2 sd of the posterior samples shaded."""
+    """PNG: decoded expression of `genes` along the path, the central 95 % of the posterior samples shaded."""
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     for gene in genes:
         j = decoded.gene_names.index(gene)
         (line,) = ax.plot(decoded.t, decoded.genes[:, j], label=gene)
-        if decoded.gene_std is not None:
-            low, high = decoded.genes[:, j] - 2 * decoded.gene_std[:, j], decoded.genes[:, j] + 2 * decoded.gene_std[:, j]
-            ax.fill_between(decoded.t, low, high, color=line.get_color(), alpha=0.2)
+        shade_band(ax, decoded, j, line.get_color())
     ax.set_xlabel("pseudotime")
     ax.set_ylabel("decoded expression")
     ax.set_title(decoded.name)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def shade_band(ax, decoded: DecodedPath, gene: int, colour: str) -> None:
+    """Shade where the central 95 % of a gene's decoded posterior samples lie (nothing without samples)."""
+    if decoded.gene_band is not None:
+        low, high = decoded.gene_band[:, :, gene]
+        ax.fill_between(decoded.t, low, high, color=colour, alpha=0.2)
 
 
 def _decode_batched(decoder: Decoder, z: Tensor, batch_size: int) -> Tensor:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from wbcvae.errors import InputError
 from wbcvae.report.html import save_figure
-from wbcvae.trajectory.decode import DecodedPath
+from wbcvae.trajectory.decode import DecodedPath, shade_band
 from wbcvae.trajectory.expression import CellExpression
 from wbcvae.trajectory.gp import Anchors, Trajectory
 
@@ -178,8 +178,8 @@ def dpt_trends(cells: PathCells, expression: CellExpression, genes: Sequence[str
 
 
 def save_marker_trends(decoded: DecodedPath, trends: pd.DataFrame, genes: Sequence[str], path: Path) -> Path:
-    """PNG, one panel per marker: the decoded curve (±2 posterior sd, left axis) and the real cells'
-    DPT trend (right axis: log1p counts per 10,000), with their Pearson correlation in the title."""
+    """PNG, one panel per marker: the decoded curve (left axis; the central 95 % of its posterior samples
+    shaded) and the real cells' DPT trend (right axis: log1p counts per 10,000), their Pearson r in the title."""
     cols = min(3, len(genes))
     rows = -(-len(genes) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.3 * rows))
@@ -188,9 +188,7 @@ def save_marker_trends(decoded: DecodedPath, trends: pd.DataFrame, genes: Sequen
         j = decoded.gene_names.index(gene)
         curve = decoded.genes[:, j]
         ax.plot(decoded.t, curve, color="tab:blue", label="decoded")
-        if decoded.gene_std is not None:
-            sd = decoded.gene_std[:, j]
-            ax.fill_between(decoded.t, curve - 2 * sd, curve + 2 * sd, color="tab:blue", alpha=0.2)
+        shade_band(ax, decoded, j, "tab:blue")
         twin = ax.twinx()
         twin.plot(decoded.t, trends[gene].to_numpy(), color="tab:orange", ls="--", label="DPT trend")
         twin.tick_params(labelsize=6, colors="tab:orange")

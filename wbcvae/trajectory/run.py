@@ -308,7 +308,7 @@ def report_section(result: TrajectoryResult) -> Section:
     else:
         lines.append(
             "The heatmap shows the z-normalised decoded expression of each cluster's top genes; the curves "
-            "their decoded expression with ±2 sd over paths drawn from the GP posterior."
+            "their decoded expression, with the central 95 % of the cells drawn along the GP's posterior paths shaded."
         )
     if "markers_dpt" in result.files:
         lines.append(
