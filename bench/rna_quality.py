@@ -22,12 +22,20 @@ rebuilt DataModule (the test split; `vae_quality.held_out_loader`):
   50 axes, which the truth then shares. Here that noise is B's own, so the measure scores what a trajectory
   decodes, the cell's expression.
 
+With `--scvi` (scvi-tools installed: `pip install -e '.[bench]'`) the anchor a user would run instead is scored
+beside them: scvi-tools' SCVI with its defaults (one hidden layer of 128, no batch key), a 50-d latent and an NB
+likelihood, trained on the same training cells and kept genes for its own default number of epochs (`--scvi-epochs`
+sets it; its KL weight warms up over 400 epochs). It reconstructs from its posterior mean, as our model does (z = μ);
+its NB mean is the kept genes' library (on held-out molecules, B's) times its decoded share, so its scores are read
+as our count model's.
+
     python bench/rna_quality.py runs/rna_vae/version_0/checkpoints/last.ckpt [more.ckpt …] [--out runs/quality/rna] [--split-seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +51,7 @@ from wbcvae.utils.atomic import atomic_path
 
 MIN_MEAN = 1e-3  # floor of a yardstick's expected count: log(0) would make one zero-mean gene decide the score
 MAX_COUNT = 256  # counts summed over for an expected log value; beyond, the plug-in log1p(10⁴ · μ / library)
+MEASURES = ("log_expression_mse", "held_out_molecules_mse", "nb_log_likelihood")
 
 
 def log_normalised(counts: np.ndarray, library: np.ndarray) -> np.ndarray:
@@ -131,7 +140,50 @@ def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -
     return float(values.mean())
 
 
-def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0) -> dict:
+class ScviYardstick:
+    """scvi-tools' SCVI trained on `collect`'s training cells (the kept genes' counts), read as our count model."""
+
+    def __init__(self, train: dict, epochs: int | None, seed: int = 0) -> None:
+        import anndata as ad
+        import scvi
+
+        scvi.settings.seed = seed
+        cells = ad.AnnData(train["counts"].astype(np.float32))
+        scvi.model.SCVI.setup_anndata(cells)
+        self.model = scvi.model.SCVI(cells, n_latent=50, gene_likelihood="nb")
+        self.model.train(max_epochs=epochs, batch_size=128, train_size=1.0, accelerator="cpu", enable_progress_bar=False)
+        self.model.module.eval()
+        self.epochs = int(self.model.history["elbo_train"].shape[0])
+
+    @torch.no_grad()
+    def share_theta(self, counts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's decoded share of the kept genes' molecules (cells × genes) and each gene's θ, from the
+        posterior mean z of cells with these kept-gene counts."""
+        import anndata as ad
+
+        z = torch.from_numpy(self.model.get_latent_representation(ad.AnnData(counts.astype(np.float32)), give_mean=True))
+        out = self.model.module.generative(z=z, library=torch.zeros(len(z), 1), batch_index=torch.zeros(len(z), 1))
+        return out["px"].scale.double(), out["px"].theta.double().reshape(-1, counts.shape[1])[0]
+
+    def scores(self, test: dict, split_seed: int) -> dict[str, float]:
+        """The three measures of `evaluate` for `collect`'s held-out cells."""
+        share, theta = self.share_theta(test["counts"])
+        mean = share * torch.as_tensor(test["counts"].sum(1, keepdims=True), dtype=torch.float64)
+        library = torch.as_tensor(test["library"], dtype=torch.float64)
+        half_a, half_b, _, library_b = molecular_split(test["counts"], test["library"], np.random.default_rng([split_seed, 1]))
+        share_a, _ = self.share_theta(half_a)
+        mean_b = share_a * torch.as_tensor(half_b.sum(1, keepdims=True), dtype=torch.float64)
+        recon_b = expected_log_expression(mean_b, theta, torch.as_tensor(library_b, dtype=torch.float64)).numpy()
+        return {
+            "log_expression_mse": mse(expected_log_expression(mean, theta, library).numpy(), test["truth"]),
+            "held_out_molecules_mse": mse(recon_b, log_normalised(half_b, library_b)),
+            "nb_log_likelihood": nb_log_likelihood(test["counts"], mean.numpy(), theta.numpy()),
+        }
+
+
+def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0, scvi: bool = False, scvi_epochs: int | None = None) -> dict:
+    """The three measures (`MEASURES`) of the checkpoint and its yardsticks; with `scvi`, of SCVI too, trained for
+    `scvi_epochs` (None: its own default)."""
     plan, record = load_plan(ckpt, map_location=device)
     plan.eval()
     datamodule = rebuild_datamodule(record)
@@ -155,6 +207,10 @@ def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0) -> di
         theta = moment_theta(train["counts"], expected_counts(train_recon, train["library"]))
         nb_ll[name] = nb_log_likelihood(test["counts"], expected_counts(recon, test["library"]), theta)
     held_out_molecules = molecular_cross_validation(plan, preprocessor, train, test, device, split_seed)
+    anchor = ScviYardstick(train, scvi_epochs) if scvi else None
+    if anchor is not None:
+        scores = anchor.scores(test, split_seed)
+        log_mse["scvi"], held_out_molecules["scvi"], nb_ll["scvi"] = (scores[measure] for measure in MEASURES)
     return {
         "checkpoint": str(ckpt),
         "data": record["data"].get("source"),
@@ -168,6 +224,7 @@ def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0) -> di
         "log_expression_mse": log_mse,
         "nb_log_likelihood": nb_ll,
         "held_out_molecules_mse": held_out_molecules,
+        **({"scvi_epochs": anchor.epochs} if anchor is not None else {}),
     }
 
 
@@ -178,18 +235,25 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-cells", type=int, default=5000, help="cells per split at most")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out molecules' halves (the same for every checkpoint)")
+    parser.add_argument("--scvi", action="store_true", help="train and score scvi-tools' SCVI beside each checkpoint")
+    parser.add_argument("--scvi-epochs", type=int, default=None, help="SCVI's epochs (default: its own heuristic)")
     args = parser.parse_args()
-    results = [evaluate(ckpt, args.device, args.max_cells, args.split_seed) for ckpt in args.checkpoints]
+    if args.scvi and importlib.util.find_spec("scvi") is None:
+        parser.error("--scvi needs scvi-tools: pip install -e '.[bench]'")
+    results = [evaluate(ckpt, args.device, args.max_cells, args.split_seed, args.scvi, args.scvi_epochs) for ckpt in args.checkpoints]
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "rna_quality.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
-    print("| data | likelihood | hidden | epochs | held-out cells × genes | log-expression MSE: model / PCA-50 / mean "
-          "| MSE on held-out molecules: model / PCA-50 / mean | NB log-lik.: model / PCA-50 / mean |")  # fmt: skip
+    columns = {"model": "model", "pca50": "PCA-50", "training_mean": "mean", **({"scvi": "SCVI"} if args.scvi else {})}
+    labels = " / ".join(columns.values())
+    print(f"| data | likelihood | hidden | epochs | held-out cells × genes | log-expression MSE: {labels} "
+          f"| MSE on held-out molecules: {labels} | NB log-lik.: {labels} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        columns = (r[key] for key in ("log_expression_mse", "held_out_molecules_mse", "nb_log_likelihood"))
         print(f"| {r['data']} | {r['likelihood']} | {r['hidden']} | {r['epochs']} | {r['held_out_cells']} × {r['genes']} ({r['held_out']}) | "
-              + " | ".join(f"{c['model']:.4f} / {c['pca50']:.4f} / {c['training_mean']:.4f}" for c in columns) + " |")  # fmt: skip
+              + " | ".join(" / ".join(f"{r[measure][name]:.4f}" for name in columns) for measure in MEASURES) + " |")  # fmt: skip
+    if args.scvi:
+        print("SCVI epochs: " + ", ".join(str(r["scvi_epochs"]) for r in results))
     print(f"\nwritten to {args.out / 'rna_quality.json'}")
 
 
