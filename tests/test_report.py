@@ -91,6 +91,10 @@ def test_headlines_put_each_result_beside_its_baseline():
     one_miss = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_agree": 5, "marker_misses": {"CD34": "down"}}}
     real = {h.result.partition(":")[0]: h for h in headlines(one_miss)}[real.result.partition(":")[0]]
     assert real.reading.endswith("LYZ, S100A8 up; not as expected: CD34 (expected down)")
+    # A miss the real cells share is said to be theirs: the decoded shape is the shape of their own DPT trend.
+    as_cells = {**one_miss["real_rna"], "marker_shapes": {"CD34": "transient"}, "marker_dpt_shapes": {"CD34": "transient"}}
+    real = {h.result.partition(":")[0]: h for h in headlines({**METRICS, "real_rna": as_cells})}[real.result.partition(":")[0]]
+    assert real.reading.endswith("not as expected: CD34 (expected down; transient in the cells' own DPT trend too)")
     assert lines["Cells segmented"].value == "0.90 (a cell found in 100\u00a0% of crops)"
 
 

@@ -93,6 +93,7 @@ METRIC_LABELS = {
     "markers_compared": "known markers compared",
     "marker_shapes": "marker shape",
     "marker_misses": "marker expected otherwise",
+    "marker_dpt_shapes": "marker shape in the cells' DPT trend",
 }
 
 
@@ -246,9 +247,16 @@ def _real_markers_headline(real: Mapping[str, Any]) -> Headline | None:
 
 
 def _misses(real: Mapping[str, Any]) -> str:
-    """The markers that did not go the expected way, with the way expected."""
+    """The markers that did not go the expected way, with the way expected, and whether the real cells' own DPT
+    trend has the decoded shape too (then the miss is in the data, not in the decoding)."""
     misses = real.get("marker_misses") or {}
-    return f"; not as expected: {', '.join(f'{gene} (expected {shape})' for gene, shape in misses.items())}" if misses else ""
+    decoded, cells = real.get("marker_shapes") or {}, real.get("marker_dpt_shapes") or {}
+
+    def one(gene: str, expected: str) -> str:
+        as_cells = cells.get(gene) is not None and cells.get(gene) == decoded.get(gene)
+        return f"{gene} (expected {expected}" + (f"; {cells[gene]} in the cells' own DPT trend too)" if as_cells else ")")
+
+    return f"; not as expected: {', '.join(one(gene, expected) for gene, expected in misses.items())}" if misses else ""
 
 
 def _as_cells(real: Mapping[str, Any], total: int) -> str:
@@ -391,6 +399,7 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     shapes = {
         "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
         "marker_misses": {g: e for g, e, ok in zip(markers.get("gene", []), markers.get("expected", []), markers.get("agrees", [])) if not ok},
+        "marker_dpt_shapes": dict(zip(markers.get("gene", []), markers.get("dpt_shape", []))),
     }
     return section, {"markers_agree": 0, "markers_compared": 0, **m, **shapes}
 
