@@ -2,11 +2,12 @@
 path's start the cells' or the path's?
 
 CD34 is called transient on that path, not down: decoded and in the real cells' DPT trend alike it rises from the
-path's start (the tip of the HSC cloud, where DPT is rooted) towards the cloud's bulk, and falls after. Per fifth of
-the path's HSCs by DPT, and then per sample: how many cells, their median library (molecules), and each falling
-marker's mean log-normalised expression at one depth: its expected value when every cell is thinned at random to
-`--depth` molecules (cells with fewer are left out), so that deeper cells cannot make a rise. van Galen's BM5 donor
-was sorted twice: BM5-34p38n holds CD34+CD38− cells (the most primitive) and BM5-34p CD34+ cells.
+path's start (the tip of the HSC cloud, where DPT is rooted) towards the cloud's bulk, and falls after. For each
+fifth of the path's HSCs by DPT (`--bins`), then each later class of the path: how many cells, from which samples,
+their median library (molecules), and each falling marker's mean log-normalised expression, as measured and at one
+depth: its expected value when every cell is thinned at random to `--depth` molecules (cells with fewer are left
+out), so that deeper cells cannot make a rise. van Galen's BM5 donor was sorted twice: BM5-34p38n holds CD34+CD38−
+cells (the most primitive) and BM5-34p CD34+ cells.
 
     python bench/start_class_markers.py --demo demo
 """
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
+from wbcvae.models.rna_vae import TARGET_SUM
 from wbcvae.trajectory.pseudotime import path_cells
 from wbcvae.trajectory.run import data_path_rows
 
@@ -31,7 +33,7 @@ def thinned_log_expression(counts: np.ndarray, totals: np.ndarray, depth: int) -
     random to `depth` molecules: k ~ Binomial(count, depth / total), summed over k exactly (no draw, no noise)."""
     k = np.arange(counts.max() + 1)
     weights = binom.pmf(k, counts[..., None], (depth / totals)[:, None, None])
-    return (weights * np.log1p(1e4 * k / depth)).sum(-1)
+    return (weights * np.log1p(TARGET_SUM * k / depth)).sum(-1)
 
 
 def main() -> None:

@@ -2,11 +2,10 @@
 
 Decoders are duck-typed: a VAE with `.render(z)` (the image VAE: the decoded cell in its predicted
 mask on grey) or `.decode(z)`, or any callable z → output; when the output is a tuple its last
-element is taken. The mean path is decoded
-once; the GP's posterior samples are decoded too and summarised as a per-step spread (pixel-wise
-and per-gene standard deviation; for genes also the band holding the central 95 % of the samples, which,
-unlike ±2 sd, never leaves the range a decoder can give, e.g. below zero expression), so the figures show
-how sure the path is. Without an image decoder
+element is taken. The mean path is decoded once; the GP's posterior samples are decoded too and
+summarised as a per-step spread (pixel-wise and per-gene standard deviation; for genes also the band
+holding the central 95 % of the samples, which, unlike ±2 sd, never leaves the range a decoder can give,
+e.g. below zero expression), so the figures show how sure the path is. Without an image decoder
 (a path through an RNA-only latent) only the genes are decoded. Beside the decoded cells, a strip can
 show the real image cell nearest the path at each frame (`CellCrops`): what a blurred decoding cannot draw
 (a band nucleus, its lobes), the cells the path runs through can.
