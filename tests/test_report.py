@@ -88,13 +88,20 @@ def test_headlines_put_each_result_beside_its_baseline():
     with_trend = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_as_dpt": 5}}
     real = {h.result.partition(":")[0]: h for h in headlines(with_trend)}[real.result.partition(":")[0]]
     assert real.reading.endswith("LYZ, S100A8 up; 5 of 6 have the shape of the real cells' own DPT trend")
-    one_miss = {**METRICS, "real_rna": {**METRICS["real_rna"], "markers_agree": 5, "marker_misses": {"CD34": "down"}}}
-    real = {h.result.partition(":")[0]: h for h in headlines(one_miss)}[real.result.partition(":")[0]]
-    assert real.reading.endswith("LYZ, S100A8 up; not as expected: CD34 (expected down)")
-    # A miss the real cells share is said to be theirs: the decoded shape is the shape of their own DPT trend.
-    as_cells = {**one_miss["real_rna"], "marker_shapes": {"CD34": "transient"}, "marker_dpt_shapes": {"CD34": "transient"}}
+    # A miss is listed apart from the markers that went the expected way, with its shape and the way expected; when
+    # the real cells' own DPT trend has that shape too, the miss is theirs, and the reading says so.
+    shapes = {**METRICS["real_rna"]["marker_shapes"], "CD34": "transient"}
+    one_miss = {**METRICS["real_rna"], "markers_agree": 5, "marker_shapes": shapes, "marker_misses": {"CD34": "down"}}
+    real = {h.result.partition(":")[0]: h for h in headlines({**METRICS, "real_rna": one_miss})}[real.result.partition(":")[0]]
+    assert real.reading.endswith("as biology expects: LYZ, S100A8 up; not as expected: CD34 transient (expected down)")
+    as_cells = {**one_miss, "marker_dpt_shapes": {"CD34": "transient", "LYZ": "up"}}
     real = {h.result.partition(":")[0]: h for h in headlines({**METRICS, "real_rna": as_cells})}[real.result.partition(":")[0]]
-    assert real.reading.endswith("not as expected: CD34 (expected down; transient in the cells' own DPT trend too)")
+    assert real.reading.endswith("not as expected: CD34 transient (expected down; the cells' own DPT trend is transient too)")
+    mostly_missed = {"markers_agree": 1, "markers_compared": 3, "marker_shapes": {"CD34": "up", "LYZ": "up", "S100A8": "down"},
+                     "marker_misses": {"CD34": "down", "S100A8": "up"}}  # fmt: skip
+    real = {h.result.partition(":")[0]: h for h in headlines({**METRICS, "real_rna": mostly_missed})}[real.result.partition(":")[0]]
+    assert real.reading == ("most known markers do not move as biology expects (at this training scale); as expected: LYZ up; "
+                            "not as expected: CD34 up (expected down), S100A8 down (expected up)")  # fmt: skip
     assert lines["Cells segmented"].value == "0.90 (a cell found in 100\u00a0% of crops)"
 
 

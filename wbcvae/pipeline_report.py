@@ -234,27 +234,35 @@ def _real_markers_headline(real: Mapping[str, Any]) -> Headline | None:
     agree, total = real.get("markers_agree"), real.get("markers_compared")
     if not total:
         return None
-    by_shape: dict[str, list[str]] = {}
+    misses = real.get("marker_misses") or {}
+    by_shape: dict[str, list[str]] = {}  # the markers that went the expected way; the others follow, with the way expected
     for gene, shape in (real.get("marker_shapes") or {}).items():
-        by_shape.setdefault(shape, []).append(gene)
+        if gene not in misses:
+            by_shape.setdefault(shape, []).append(gene)
     shapes = "; ".join(f"{', '.join(genes)} {shape}" for shape, genes in by_shape.items())
+    reading = _marker_reading(agree, total)
+    if shapes:
+        reading += (": " if agree >= 0.5 * total else "; as expected: ") + shapes
     return Headline(
         title,
         f"{agree} of {total}",
         f"a random shape (up, down, transient, flat) matches 1 in 4: {total / 4:.1f} of {total}",
-        _marker_reading(agree, total) + (f": {shapes}" if shapes else "") + _misses(real) + _as_cells(real, total),
+        reading + _misses(real) + _as_cells(real, total),
     )
 
 
 def _misses(real: Mapping[str, Any]) -> str:
-    """The markers that did not go the expected way, with the way expected, and whether the real cells' own DPT
-    trend has the decoded shape too (then the miss is in the data, not in the decoding)."""
+    """The markers that did not go the expected way: their decoded shape, the way expected, and whether the real
+    cells' own DPT trend has the decoded shape too (then the miss is in the data, not in the decoding)."""
     misses = real.get("marker_misses") or {}
     decoded, cells = real.get("marker_shapes") or {}, real.get("marker_dpt_shapes") or {}
 
     def one(gene: str, expected: str) -> str:
-        as_cells = cells.get(gene) is not None and cells.get(gene) == decoded.get(gene)
-        return f"{gene} (expected {expected}" + (f"; {cells[gene]} in the cells' own DPT trend too)" if as_cells else ")")
+        shape = decoded.get(gene)
+        said = f"{gene} {shape}" if shape else gene
+        if shape is not None and cells.get(gene) == shape:
+            return f"{said} (expected {expected}; the cells' own DPT trend is {shape} too)"
+        return f"{said} (expected {expected})"
 
     return f"; not as expected: {', '.join(one(gene, expected) for gene, expected in misses.items())}" if misses else ""
 
