@@ -553,3 +553,26 @@ def test_callback_at_fit_end_then_cli_from_the_checkpoint(tmp_path, capsys, monk
     # Granulopoiesis with waypoints needs promyelocytes, which this model never saw: one clear line, exit 2.
     assert cli_main.main(["trajectory", "--ckpt", str(ckpt), "--preset", "granulopoiesis", "--path", "chord", "--waypoints", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_trajectory_cli_offers_the_settings_choices_and_defaults():
+    """`wbcvae trajectory` spells its choices and defaults out (importing the settings' constants would pull torch,
+    GPyTorch and tslearn into every `wbcvae` start); they must stay those of `TrajectorySettings`."""
+    import argparse
+
+    from wbcvae.cli import trajectory as trajectory_cli
+    from wbcvae.trajectory.gp import ANCHOR_MODES
+    from wbcvae.trajectory.kinetics import K_RANGE
+    from wbcvae.trajectory.pseudotime import START_WAYPOINTS
+    from wbcvae.trajectory.run import PATHS
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    trajectory_cli.register(commands)
+    options = {action.dest: action for action in commands.choices["trajectory"]._actions}
+    assert tuple(options["path"].choices) == PATHS and tuple(options["start_waypoints"].choices) == START_WAYPOINTS
+    assert tuple(options["anchor_mode"].choices) == ANCHOR_MODES
+    args = parser.parse_args(["trajectory", "--ckpt", "x.ckpt"])
+    shared = ("path", "start_waypoints", "waypoints", "anchor_mode", "steps", "samples", "min_lengthscale", "seed")
+    assert {name: getattr(args, name) for name in shared} == {name: getattr(TrajectorySettings(), name) for name in shared}
+    assert f"default: {K_RANGE[0]} {K_RANGE[1]}" in options["k_range"].help
