@@ -91,15 +91,20 @@ def molecular_split(counts: np.ndarray, library: np.ndarray, rng: np.random.Gene
     return half_a.astype(np.float32), (counts - half_a).astype(np.float32), library_a, library - library_a
 
 
+def held_out_halves(test: dict, seed: int) -> tuple[np.ndarray, ...]:
+    """`molecular_split` of `collect`'s held-out cells, seeded apart from the training cells' split: every model
+    scored on held-out molecules (ours, SCVI) sees the same halves, whatever the training order."""
+    return molecular_split(test["counts"], test["library"], np.random.default_rng([seed, 1]))
+
+
 @torch.no_grad()
 def molecular_cross_validation(plan, preprocessor, train: dict, test: dict, device: str, seed: int) -> dict[str, float]:
     """Log-expression MSE on held-out molecules (see the module's docstring) of `collect`'s held-out cells,
     yardsticks fitted to its training cells: model, PCA-50 and mean."""
-    train_rng, rng = (np.random.default_rng([seed, part]) for part in (0, 1))  # the held-out split whatever the training order
-    train_a, _, train_library_a, _ = molecular_split(train["counts"], train["library"], train_rng)
+    train_a, _, train_library_a, _ = molecular_split(train["counts"], train["library"], np.random.default_rng([seed, 0]))
     train_halves = log_normalised(train_a, train_library_a)
     pca = fit_pca(train_halves)
-    half_a, half_b, library_a, library_b = molecular_split(test["counts"], test["library"], rng)
+    half_a, half_b, library_a, library_b = held_out_halves(test, seed)
     out = plan.vae(torch.from_numpy(preprocessor.scaled_expression(half_a, library_a)).to(device))
     if plan.vae.likelihood == "nb":
         library = torch.as_tensor(library_b, dtype=out["rho"].dtype, device=device)
@@ -170,7 +175,7 @@ class ScviYardstick:
         share, theta = self.share_theta(test["counts"])
         mean = share * torch.as_tensor(test["counts"].sum(1, keepdims=True), dtype=torch.float64)
         library = torch.as_tensor(test["library"], dtype=torch.float64)
-        half_a, half_b, _, library_b = molecular_split(test["counts"], test["library"], np.random.default_rng([split_seed, 1]))
+        half_a, half_b, _, library_b = held_out_halves(test, split_seed)
         share_a, _ = self.share_theta(half_a)
         mean_b = share_a * torch.as_tensor(half_b.sum(1, keepdims=True), dtype=torch.float64)
         recon_b = expected_log_expression(mean_b, theta, torch.as_tensor(library_b, dtype=torch.float64)).numpy()
