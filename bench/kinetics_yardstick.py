@@ -1,4 +1,5 @@
-"""Which yardstick calls a gene flat or changed: the shipped one against an earlier release's and a looser one.
+"""Which yardstick calls a gene flat or changed, and which rule names a changed gene's shape: the shipped ones
+against others.
 
 The data path of each preset is fitted and decoded once (as `wbcvae trajectory` does), then its genes are
 called flat or changed three ways, every changed gene named by its own curve as shipped:
@@ -10,6 +11,18 @@ called flat or changed three ways, every changed gene named by its own curve as 
   compared; z for 5 % over the steps.
 - `mean only`: as shipped, without the cells' scatter: the uncertainty of the mean curve alone (posterior
   paths and the cells' standard error).
+
+Then the genes the shipped yardstick calls changed are named up, down or transient four ways:
+
+- `shipped`: transient when the curve rises above (or dips below) both ends by more than half its net
+  change (`kinetics.shape_of`);
+- the same with a quarter, and with all, of the net change;
+- `both legs beyond the shipped spread`: transient when the curve rises into some step and falls after it (or
+  dips and recovers) by more than z sds of each difference, the shipped sd and z of the flat-or-changed call;
+  else up or down as its most significant change. The ratio is a threshold; this rule asks the question of the
+  flat-or-changed call of each leg instead;
+- `both legs beyond the mean curve's uncertainty`: the same with the `mean only` sd: is the mean curve's bump
+  real, however much the cells scatter around it.
 
 Synthetic presets are scored against the world's true kinetics; the van Galen path (HSC → Mono, the
 demo's `real_rna` stage) against its 17 known markers.
@@ -32,31 +45,77 @@ from sklearn.metrics import adjusted_rand_score
 from wbcvae.trajectory.decode import decode_path
 from wbcvae.trajectory.expression import local_standard_error
 from wbcvae.trajectory.gp import MAX_LENGTHSCALE, LatentPathGP, Trajectory
-from wbcvae.trajectory.kinetics import FLAT, changed_genes, gene_shapes, znormalise
+from wbcvae.trajectory.kinetics import FLAT, change_threshold_z, changed_genes, gene_shapes, shape_of, znormalise
 from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS
 from wbcvae.trajectory.run import TrajectorySettings, quantile_size
 
 
-def calls(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> dict[str, pd.Series]:
-    """Per yardstick, each gene's kinetic (up / down / transient / flat) along the result's decoded path."""
-    trajectory, decoded = result.trajectory, result.decoded
+def cells_standard_error(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> np.ndarray:
+    """The standard error of the real cells' mean near each step of the result's path (steps × genes), as shipped."""
     neighbours = quantile_size(cells.classes, cells.expression, result.preset, settings)
-    cells_se = local_standard_error(trajectory.mean.numpy(), cells.latent, cells.expression, decoded.gene_names, neighbours)
-    shipped = np.hypot(decoded.gene_std, cells_se)
+    return local_standard_error(result.trajectory.mean.numpy(), cells.latent, cells.expression, result.decoded.gene_names, neighbours)
+
+
+def mean_only_spread(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings, cells_se: np.ndarray) -> np.ndarray:
+    """The uncertainty of the mean curve alone (steps × genes): decoded posterior paths, without the cells' scatter,
+    and the cells' standard error `cells_se`."""
+    trajectory = result.trajectory
     gp = LatentPathGP(trajectory.anchors, fit_iters=settings.fit_iters, lengthscale_bounds=(settings.min_lengthscale, MAX_LENGTHSCALE))
     paths = gp.sample(trajectory.t.double(), settings.samples, settings.seed)
     posterior = Trajectory(trajectory.name, trajectory.t, trajectory.mean, trajectory.variance, paths, trajectory.anchors)
-    mean_only = np.hypot(decode_path(posterior, None, cells.gene_decoder, cells.gene_names).gene_std, cells_se)
-    steps, curves, level = len(trajectory.t), decoded.genes, settings.flat_level
+    return np.hypot(decode_path(posterior, None, cells.gene_decoder, cells.gene_names).gene_std, cells_se)
+
+
+def yardsticks(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> dict[str, pd.Series]:
+    """Per yardstick, each gene's kinetic (up / down / transient / flat) along the result's decoded path."""
+    decoded, cells_se = result.decoded, cells_standard_error(result, cells, settings)
+    shipped = np.hypot(decoded.gene_std, cells_se)
+    steps, curves, level = len(decoded.t), decoded.genes, settings.flat_level
     genes = np.arange(curves.shape[1])
     range_sd = np.hypot(shipped[curves.argmax(0), genes], shipped[curves.argmin(0), genes])
     changed = {
         "shipped": changed_genes(curves, shipped, level)[2],
         "range vs its ends (two releases ago)": np.ptp(curves, 0) > norm.ppf(1 - level / (2 * steps)) * range_sd,
-        "mean only": changed_genes(curves, mean_only, level)[2],
+        "mean only": changed_genes(curves, mean_only_spread(result, cells, settings, cells_se), level)[2],
     }
     z = znormalise(curves.T)
     return {label: pd.Series(gene_shapes(z, moving), index=decoded.gene_names) for label, moving in changed.items()}
+
+
+def shape_rules(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> dict[str, pd.Series]:
+    """Per shape rule, each gene's kinetic, the genes called changed by the shipped yardstick."""
+    decoded, cells_se = result.decoded, cells_standard_error(result, cells, settings)
+    curves, spread = decoded.genes, np.hypot(decoded.gene_std, cells_se)
+    moving, z = changed_genes(curves, spread, settings.flat_level)[2], change_threshold_z(len(curves), settings.flat_level)
+    shapes = znormalise(curves.T)
+    rules = {f"transient beyond {ratio} of the net change{' (shipped)' if ratio == 0.5 else ''}":
+             [shape_of(row, transient_ratio=ratio) if m else FLAT for row, m in zip(shapes, moving)] for ratio in (0.25, 0.5, 1.0)}  # fmt: skip
+    rules["both legs beyond the shipped spread"] = legs_beyond_spread(curves, spread, moving, z)
+    rules["both legs beyond the mean curve's uncertainty"] = legs_beyond_spread(curves, mean_only_spread(result, cells, settings, cells_se), moving, z)
+    return {label: pd.Series(called, index=decoded.gene_names) for label, called in rules.items()}
+
+
+def legs_beyond_spread(curves: np.ndarray, spread: np.ndarray, moving: np.ndarray, z: float, chunk: int = 200) -> list[str]:
+    """Each gene of a steps × genes matrix named by its significant changes: transient when it rises into some step
+    and falls after it (or falls and rises) by more than `z` sds of each difference; else up or down as its most
+    significant change; flat unless `moving`."""
+    steps = len(curves)
+    later = np.triu(np.ones((steps, steps), bool), 1)[..., None]  # [i, j]: step j after step i
+    shapes = []
+    for start in range(0, curves.shape[1], chunk):
+        g, v = curves[:, start : start + chunk], np.square(spread[:, start : start + chunk])
+        rise = (g[None] - g[:, None]) / np.sqrt(np.maximum(v[:, None] + v[None], 1e-300))  # [i, j]: from step i to step j
+        into, after = np.where(later, rise, -np.inf).max(0), np.where(later, rise, -np.inf).max(1)  # best rise into / after each step
+        fall_into, fall_after = np.where(later, -rise, -np.inf).max(0), np.where(later, -rise, -np.inf).max(1)
+        bump = np.maximum(np.minimum(into, fall_after).max(0), np.minimum(fall_into, after).max(0))
+        pairs = np.where(later, rise, 0.0).reshape(steps * steps, -1)
+        strongest = pairs[np.abs(pairs).argmax(0), np.arange(pairs.shape[1])]
+        shapes += ["transient" if b > z else "up" if s > 0 else "down" for b, s in zip(bump, strongest)]
+    return [shape if m else FLAT for shape, m in zip(shapes, moving)]
+
+
+CALLS = {"flat or changed": yardsticks, "shape of a changed gene": shape_rules}
+
 
 def synthetic_rows(demo: Path, settings: TrajectorySettings, out: Path) -> list[dict]:
     cells = demo_paths.synthetic(demo)
@@ -64,12 +123,13 @@ def synthetic_rows(demo: Path, settings: TrajectorySettings, out: Path) -> list[
     for name in demo_paths.SYNTHETIC:
         result = cells.run(name, settings, out)
         truth_column = cells.truth.gene_kinetics[f"kinetic_{result.preset.lineage}"]
-        for label, called in calls(result, cells, settings).items():
-            true = truth_column.reindex(called.index).astype(str)
-            rows.append({"path": name, "yardstick": label, "ARI": round(adjusted_rand_score(true, called), 3),
-                         "kinetic right": f"{(called == true).mean():.1%}",
-                         "transient found": f"{(called[true == 'transient'] == 'transient').mean():.1%}",
-                         "flat genes called changed": f"{(called[true == 'flat'] != FLAT).mean():.1%}"})
+        for call, rules in CALLS.items():
+            for label, called in rules(result, cells, settings).items():
+                true = truth_column.reindex(called.index).astype(str)
+                rows.append({"call": call, "path": name, "rule": label, "ARI": round(adjusted_rand_score(true, called), 3),
+                             "kinetic right": f"{(called == true).mean():.1%}",
+                             "transient found": f"{(called[true == 'transient'] == 'transient').mean():.1%}",
+                             "flat genes called changed": f"{(called[true == 'flat'] != FLAT).mean():.1%}"})  # fmt: skip
     return rows
 
 
@@ -77,11 +137,19 @@ def van_galen_rows(demo: Path, settings: TrajectorySettings, out: Path) -> list[
     cells, preset = demo_paths.van_galen(demo)
     result = cells.run(preset, settings, out)
     rows = []
-    for label, called in calls(result, cells, settings).items():
-        misses = {g: called[g] for g, expected in MARROW_MONOCYTE_MARKERS.items() if g in called and called[g] != expected}
-        rows.append({"path": preset.name, "yardstick": label, "markers right": f"{len(MARROW_MONOCYTE_MARKERS) - len(misses)} of {len(MARROW_MONOCYTE_MARKERS)}",
-                     "misses": ", ".join(f"{g} {shape}" for g, shape in misses.items()), "genes changed": int((called != FLAT).sum())})
+    for call, rules in CALLS.items():
+        for label, called in rules(result, cells, settings).items():
+            misses = {g: called[g] for g, expected in MARROW_MONOCYTE_MARKERS.items() if g in called and called[g] != expected}
+            rows.append({"call": call, "path": preset.name, "rule": label,
+                         "markers right": f"{len(MARROW_MONOCYTE_MARKERS) - len(misses)} of {len(MARROW_MONOCYTE_MARKERS)}",
+                         "misses": ", ".join(f"{g} {shape}" for g, shape in misses.items()), "genes changed": int((called != FLAT).sum()),
+                         "transient": int((called == "transient").sum())})  # fmt: skip
     return rows
+
+
+def print_by_call(rows: list[dict]) -> None:
+    for call, table in pd.DataFrame(rows).groupby("call", sort=False):
+        print(f"{call}:", table.drop(columns="call").to_string(index=False), sep="\n", end="\n\n", flush=True)
 
 
 def main() -> None:
@@ -90,9 +158,9 @@ def main() -> None:
     args = parser.parse_args()
     settings = TrajectorySettings(compare_chord=False)
     with tempfile.TemporaryDirectory() as out:
-        print(pd.DataFrame(synthetic_rows(args.demo, settings, Path(out))).to_string(index=False), end="\n\n", flush=True)
+        print_by_call(synthetic_rows(args.demo, settings, Path(out)))
         if (args.demo / "real_rna/stage.json").exists():
-            print(pd.DataFrame(van_galen_rows(args.demo, settings, Path(out))).to_string(index=False))
+            print_by_call(van_galen_rows(args.demo, settings, Path(out)))
 
 
 if __name__ == "__main__":
