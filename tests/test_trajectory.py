@@ -24,7 +24,7 @@ from wbcvae.trajectory import kinetics as kinetics_module
 from wbcvae.trajectory.decode import CellCrops, as_decoder, decode_path, save_gif, save_image_strip
 from wbcvae.trajectory.expression import CellExpression, local_standard_error
 from wbcvae.trajectory.gp import CENTROID_NOISE, LatentPathGP, class_anchors
-from wbcvae.trajectory.kinetics import change_statistic, change_threshold_z, cluster_kinetics, znormalise
+from wbcvae.trajectory.kinetics import TRANSIENT_RATIO, change_statistic, change_threshold_z, cluster_kinetics, znormalise
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.pseudotime import data_anchors, path_cells
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
@@ -237,6 +237,19 @@ def test_a_gene_is_changed_when_its_change_exceeds_the_spread_of_cells_along_the
     assert shapes.to_dict() == {"clear": "up", "noisy": "flat", "small": "up", "constant": "flat"}
     # The bar: 5 % family-wise over the 4,950 pairs of 100 steps, about 4.4 sd of a difference.
     assert change_threshold_z(100) == pytest.approx(4.41, abs=0.01) and change_threshold_z(10) < change_threshold_z(100)
+
+
+def test_the_gene_table_says_how_near_each_call_is_to_the_transient_threshold():
+    """`bump_share`: the bump beyond both ends over the net change, the number `shape_of` compares with 0.5."""
+    t = np.linspace(0, 1, 100)
+    rise_and_fall = np.interp(t, [0, 0.3, 1], [0.0, 0.4, -1.0])  # clears its higher end, 0, by 0.4 and ends 1 lower
+    curves = np.stack([rise_and_fall, np.interp(t, [0, 0.3, 1], [0.0, 0.6, -1.0]), t, np.exp(-(((t - 0.5) / 0.1) ** 2))], axis=1)
+    table = cluster_kinetics(curves, ["small bump", "large bump", "rise", "peak"], t).table.set_index("gene")
+    start, end = rise_and_fall[:5].mean(), rise_and_fall[-5:].mean()
+    assert table.at["small bump", "bump_share"] == pytest.approx((rise_and_fall.max() - start) / (start - end))
+    assert table.at["small bump", "bump_share"] < TRANSIENT_RATIO < table.at["large bump", "bump_share"]
+    assert table.loc[["small bump", "large bump", "rise"], "gene_shape"].tolist() == ["down", "transient", "up"]
+    assert table.at["rise", "bump_share"] < 0.05 and table.at["peak", "bump_share"] > 100  # the rise: only its ends averaged
 
 
 def test_a_peak_where_cells_scatter_is_held_against_its_quiet_flanks():

@@ -48,6 +48,7 @@ from wbcvae.report.html import save_figure
 
 SHAPES = ("up", "down", "transient", "flat")
 FLAT = "flat"
+TRANSIENT_RATIO = 0.5  # a changed curve is transient when its bump beyond both ends exceeds this share of its net change
 K_RANGE = (3, 6)  # k-Shape cluster counts tried (at least one per shape); the silhouette picks one
 SILHOUETTE_GENES = 600  # the silhouette is computed on at most this many changed genes (a fixed random subset)
 
@@ -59,7 +60,8 @@ class GeneKinetics:
     `table`: one row per gene, sorted by cluster then rank: gene, cluster, shape (the cluster's),
     gene_shape (the gene's own curve named alone), change (range along the path), change_z (the largest
     difference between two steps in sds of that difference: the flat-or-changed statistic), net_change
-    (end − start), peak_t, half_t (when the gene is first halfway through its change), rank (by change);
+    (end − start), bump_share (its bump beyond both ends as a share of its net change: transient beyond
+    `TRANSIENT_RATIO`), peak_t, half_t (when the gene is first halfway through its change), rank (by change);
     `cluster` −1 is the flat group. `curves`: z-normalised curves indexed by gene (genes × steps; zeros
     for flat genes). `silhouettes`: k → silhouette of the k-Shape fit with k clusters (the chosen
     `k_used` has the highest).
@@ -84,16 +86,28 @@ def znormalise(curves: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return np.where(sd > eps, centred / np.where(sd > eps, sd, 1.0), 0.0)
 
 
-def shape_of(curve: np.ndarray, transient_ratio: float = 0.5, end_fraction: float = 0.05) -> str:
+def shape_of(curve: np.ndarray, transient_ratio: float = TRANSIENT_RATIO) -> str:
     """Name a z-normalised curve: `transient` when it rises above (or dips below) both ends by more
     than `transient_ratio` of its net change (and by half a standard deviation); else `up` or `down`."""
-    n_end = max(1, int(round(end_fraction * len(curve))))
-    start, end = curve[:n_end].mean(), curve[-n_end:].mean()
-    net = end - start
-    excursion = max(curve.max() - max(start, end), min(start, end) - curve.min())
-    if excursion > max(transient_ratio * abs(net), 0.5):
+    bump, net = bump_and_net(curve)
+    if bump > max(transient_ratio * abs(net), 0.5):
         return "transient"
     return "up" if net > 0 else "down"
+
+
+def bump_and_net(curve: np.ndarray, end_fraction: float = 0.05) -> tuple[float, float]:
+    """How far a curve rises above (or dips below) both its ends, and its net change; its start and end are
+    the means of its first and last `end_fraction` of steps."""
+    n_end = max(1, int(round(end_fraction * len(curve))))
+    start, end = curve[:n_end].mean(), curve[-n_end:].mean()
+    return float(max(curve.max() - max(start, end), min(start, end) - curve.min())), float(end - start)
+
+
+def bump_share(curve: np.ndarray) -> float:
+    """A curve's bump beyond both ends as a share of its net change (`shape_of` calls it transient beyond
+    `TRANSIENT_RATIO`): how near a call is to the rule's threshold; infinite for a bump with no net change."""
+    bump, net = bump_and_net(curve)
+    return bump / abs(net) if net != 0 else (np.inf if bump > 0 else 0.0)
 
 
 def change_statistic(expression: np.ndarray, spread: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +195,7 @@ def cluster_kinetics(
             "change": change,
             "change_z": change_z,
             "net_change": curves[:, -1] - curves[:, 0],
+            "bump_share": [bump_share(curve) for curve in curves],
             "peak_t": t[curves.argmax(1)],
             "half_t": t[_half_change_step(curves)],
         }

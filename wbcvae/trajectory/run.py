@@ -364,7 +364,8 @@ def marker_table(
     textbook shape shows whether the cells themselves move that way."""
     table = kinetics.table.set_index("gene")
     columns = [
-        "gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "change_z", "net_change", "dpt_correlation", "dpt_shape",
+        "gene", "expected", "curve", "agrees", "cluster_shape", "cluster", "change", "change_z", "net_change", "bump_share",
+        "dpt_correlation", "dpt_shape",
     ]  # fmt: skip
     rows = [
         {
@@ -377,6 +378,7 @@ def marker_table(
             "change": float(table.at[gene, "change"]),
             "change_z": float(table.at[gene, "change_z"]),
             "net_change": float(table.at[gene, "net_change"]),
+            "bump_share": float(table.at[gene, "bump_share"]),
             "dpt_correlation": _trend_correlation(decoded, trends, gene),
             "dpt_shape": _trend_shape(trends, gene),
         }
