@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 # a box-shaped blob around the centre. The classical segmenter measures ~0.95 (cell) and ~0.89
 # (nucleus) on the synthetic world (bench/segmentation_quality.py).
 CLASSICAL_FLOOR = 0.75
-# Mask R-CNN from random init: after 80 CPU steps it measures ~0.9 (slow test); the fast test's 8
+# Mask R-CNN from random init: after 80 CPU steps it measures ~0.9 (slow test); the fast test's 12
 # steps only have to show learning has begun: a random model detects nothing and scores 0. After 8 steps
-# the score hangs on the CPU's float order: ~0.6 on the machines it was written on, 0.18 on another
-# (the same seed and code; that machine's 80-step run passes the slow test's floor).
+# the score hung on the CPU's float order (the same seed and code): ~0.6 on the machines it was written
+# on, 0.18 on another, 0.099 on an AMD EPYC, where 12 steps score 0.58.
 MASKRCNN_FLOOR = 0.75
 MASKRCNN_FAST_FLOOR = 0.1
 
@@ -347,11 +347,11 @@ def tiny_config(world: Path, out: Path, **trainer) -> dict:
 def test_brief_training_writes_checkpoint_scores_and_overlays(world, tmp_path):
     """The CPU config, cut to a few steps: learning starts, everything a run promises is on disk,
     and the checkpoint reloads to the same model without the weights file."""
-    config = tiny_config(world, tmp_path / "run", max_steps=8, check_val_every_n_epoch=1000, num_sanity_val_steps=0, max_time="null")
+    config = tiny_config(world, tmp_path / "run", max_steps=12, check_val_every_n_epoch=1000, num_sanity_val_steps=0, max_time="null")
     config["model"].update(input_size=96, warmup_steps=3)
     checkpoint = train_segmentation(config)
     quality = json.loads((tmp_path / "run" / "quality.json").read_text())
-    assert quality["targets"] == "true" and quality["steps"] == 8 and quality["init"] == {"init": "random"}
+    assert quality["targets"] == "true" and quality["steps"] == 12 and quality["init"] == {"init": "random"}
     assert quality["val_iou_cell"] > MASKRCNN_FAST_FLOOR
     logs = tmp_path / "run" / "logs" / "version_0"
     assert sorted(p.name for p in (logs / "overlays").glob("*.png"))  # the CSV logger's overlays
