@@ -12,10 +12,10 @@ called flat or changed three ways, every changed gene named by its own curve as 
 - `mean only`: as shipped, without the cells' scatter: the uncertainty of the mean curve alone (posterior
   paths and the cells' standard error).
 
-Then the genes the shipped yardstick calls changed are named up, down or transient four ways:
+Then the genes the shipped yardstick calls changed are named up, down or transient five ways:
 
 - `shipped`: transient when the curve rises above (or dips below) both ends by more than half its net
-  change (`kinetics.shape_of`);
+  change (`kinetics.shape_of`, `TRANSIENT_RATIO`);
 - the same with a quarter, and with all, of the net change;
 - `both legs beyond the shipped spread`: transient when the curve rises into some step and falls after it (or
   dips and recovers) by more than z sds of each difference, the shipped sd and z of the flat-or-changed call;
@@ -29,6 +29,7 @@ demo's `real_rna` stage) against its 17 known markers, each miss with its bump b
 net change (transient beyond 0.5 as shipped).
 
     python bench/kinetics_yardstick.py --demo demo
+    python bench/kinetics_yardstick.py --demo runs/kinetics_world   # after `make kinetics-world`
 """
 
 from __future__ import annotations
