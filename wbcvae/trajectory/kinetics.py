@@ -32,7 +32,7 @@ algorithm, initialisation and bookkeeping and replaces only those two inner loop
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,16 +118,26 @@ def change_statistic(expression: np.ndarray, spread: np.ndarray | None) -> tuple
     change = curves.max(0) - curves.min(0)
     if spread is None:
         return change, np.where(change > 1e-9, np.inf, 0.0)
-    variance = np.square(np.asarray(spread, dtype=np.float64))
     change_z = np.empty_like(change)
+    for genes, z in standardised_differences(curves, spread):
+        change_z[genes] = np.abs(z).max((0, 1))
+    return change, change_z
+
+
+def standardised_differences(curves: np.ndarray, spread: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Every pair of steps of a steps × genes matrix, a few genes at a time: (those genes, z) with
+    z[i, j, g] = (curve[j, g] − curve[i, g]) in sds of that difference (per-step sds `spread`, combined as if
+    independent; where both are zero: ±inf for a difference, 0 for none)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    variance = np.square(np.asarray(spread, dtype=np.float64))
     chunk = max(1, 4_000_000 // len(curves) ** 2)  # steps × steps × genes, a few million values at a time
     for start in range(0, curves.shape[1], chunk):
-        g, v = curves[:, start : start + chunk], variance[:, start : start + chunk]
-        difference = np.abs(g[:, None] - g[None])
+        genes = slice(start, start + chunk)
+        g, v = curves[:, genes], variance[:, genes]
+        difference = g[None] - g[:, None]
         sd = np.sqrt(v[:, None] + v[None])
-        ratio = np.divide(difference, sd, out=np.where(difference > 1e-9, np.inf, 0.0), where=sd > 0)
-        change_z[start : start + chunk] = ratio.max((0, 1))
-    return change, change_z
+        z = np.divide(difference, sd, out=np.where(np.abs(difference) > 1e-9, np.copysign(np.inf, difference), 0.0), where=sd > 0)
+        yield genes, z
 
 
 def change_threshold_z(steps: int, level: float = 0.05) -> float:
