@@ -48,17 +48,20 @@ from sklearn.metrics import adjusted_rand_score
 from wbcvae.trajectory.decode import decode_path
 from wbcvae.trajectory.expression import local_standard_error
 from wbcvae.trajectory.gp import MAX_LENGTHSCALE, LatentPathGP, Trajectory
-from wbcvae.trajectory.kinetics import FLAT, TRANSIENT_RATIO, bump_share, change_threshold_z, changed_genes, gene_shapes, shape_of, znormalise
+from wbcvae.trajectory.kinetics import (
+    FLAT, TRANSIENT_RATIO, bump_share, change_threshold_z, changed_genes, gene_shapes, shape_of, standardised_differences, znormalise,
+)  # fmt: skip
 from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS
 from wbcvae.trajectory.run import TrajectorySettings, quantile_size
 
 
 @dataclass
 class Spreads:
-    """The per-step sds (steps × genes) of one decoded path that the rules read."""
+    """What the rules read of one decoded path: its per-step sds (steps × genes) and the genes the shipped ones call changed."""
 
     shipped: np.ndarray  # cells drawn along the path (posterior paths and the cells' scatter), and the cells' standard error
     mean_only: np.ndarray  # posterior paths alone, and the cells' standard error
+    changed: np.ndarray  # per gene: changed by the shipped sd (the genes every shape rule names)
 
 
 def spreads(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySettings) -> Spreads:
@@ -69,7 +72,8 @@ def spreads(result, cells: demo_paths.TrajectoryInputs, settings: TrajectorySett
     paths = gp.sample(trajectory.t.double(), settings.samples, settings.seed)
     posterior = Trajectory(trajectory.name, trajectory.t, trajectory.mean, trajectory.variance, paths, trajectory.anchors)
     mean_only = decode_path(posterior, None, cells.gene_decoder, cells.gene_names).gene_std
-    return Spreads(np.hypot(decoded.gene_std, cells_se), np.hypot(mean_only, cells_se))
+    shipped = np.hypot(decoded.gene_std, cells_se)
+    return Spreads(shipped, np.hypot(mean_only, cells_se), changed_genes(decoded.genes, shipped, settings.flat_level)[2])
 
 
 def yardsticks(curves: np.ndarray, spread: Spreads, level: float) -> dict[str, list[str]]:
@@ -77,7 +81,7 @@ def yardsticks(curves: np.ndarray, spread: Spreads, level: float) -> dict[str, l
     steps, genes = curves.shape
     range_sd = np.hypot(spread.shipped[curves.argmax(0), np.arange(genes)], spread.shipped[curves.argmin(0), np.arange(genes)])
     changed = {
-        "shipped": changed_genes(curves, spread.shipped, level)[2],
+        "shipped": spread.changed,
         "range vs its ends (two releases ago)": np.ptp(curves, 0) > norm.ppf(1 - level / (2 * steps)) * range_sd,
         "mean only": changed_genes(curves, spread.mean_only, level)[2],
     }
@@ -87,7 +91,7 @@ def yardsticks(curves: np.ndarray, spread: Spreads, level: float) -> dict[str, l
 
 def shape_rules(curves: np.ndarray, spread: Spreads, level: float) -> dict[str, list[str]]:
     """Per shape rule, each gene's kinetic, the genes called changed by the shipped yardstick."""
-    moving, z = changed_genes(curves, spread.shipped, level)[2], change_threshold_z(len(curves), level)
+    moving, z = spread.changed, change_threshold_z(len(curves), level)
     shapes = znormalise(curves.T)
     rules = {f"transient beyond {ratio} of the net change{' (shipped)' if ratio == TRANSIENT_RATIO else ''}":
              [shape_of(row, transient_ratio=ratio) if m else FLAT for row, m in zip(shapes, moving)] for ratio in (0.25, TRANSIENT_RATIO, 1.0)}  # fmt: skip
@@ -96,16 +100,14 @@ def shape_rules(curves: np.ndarray, spread: Spreads, level: float) -> dict[str, 
     return rules
 
 
-def legs_beyond_spread(curves: np.ndarray, spread: np.ndarray, moving: np.ndarray, z: float, chunk: int = 200) -> list[str]:
+def legs_beyond_spread(curves: np.ndarray, spread: np.ndarray, moving: np.ndarray, z: float) -> list[str]:
     """Each gene of a steps × genes matrix named by its significant changes: transient when it rises into some step
     and falls after it (or falls and rises) by more than `z` sds of each difference; else up or down as its most
     significant change; flat unless `moving`."""
     steps = len(curves)
     later = np.triu(np.ones((steps, steps), bool), 1)[..., None]  # [i, j]: step j after step i
     shapes = []
-    for start in range(0, curves.shape[1], chunk):
-        g, v = curves[:, start : start + chunk], np.square(spread[:, start : start + chunk])
-        rise = (g[None] - g[:, None]) / np.sqrt(np.maximum(v[:, None] + v[None], 1e-300))  # [i, j]: from step i to step j
+    for _, rise in standardised_differences(curves, spread):  # rise[i, j]: from step i to step j
         into, after = np.where(later, rise, -np.inf).max(0), np.where(later, rise, -np.inf).max(1)  # best rise into / after each step
         fall_into, fall_after = np.where(later, -rise, -np.inf).max(0), np.where(later, -rise, -np.inf).max(1)
         bump = np.maximum(np.minimum(into, fall_after).max(0), np.minimum(fall_into, after).max(0))
