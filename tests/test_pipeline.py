@@ -4,11 +4,13 @@ The real-RNA stage is skipped at toy size (its source is pointed away) and run a
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from wbcvae.errors import InputError
 from wbcvae.pipeline import STAGE_NAMES, Run, _real_rna, load_pipeline_config, run_pipeline
-from wbcvae.pipeline_report import _real_rna_section
+from wbcvae.pipeline_report import _real_rna_section, save_sections
+from wbcvae.report.html import Section
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = [
@@ -98,6 +100,30 @@ def test_real_rna_path_must_list_cell_types(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()  # refused before any training
 
 
+def test_real_rna_section_shows_the_recorded_path_after_the_training(tmp_path):
+    markers = pd.DataFrame({
+        "gene": ["CD34", "LYZ"], "expected": ["down", "up"], "curve": ["transient", "up"], "agrees": [False, True], "dpt_shape": ["transient", "up"],
+    })  # fmt: skip
+    markers.to_csv(tmp_path / "markers.csv", index=False)
+    figure = tmp_path / "markers_dpt.png"
+    path_text = "Real RNA: HSC → Mono. GP through the centroids of 10 diffusion-pseudotime quantiles …"
+    recorded = save_sections([Section("Trajectory: HSC_to_Mono", path_text, [figure], {"markers": markers})], tmp_path / "sections")
+    real = {
+        "path": ["HSC", "Mono"], "source": "marrow/", "cells": 10, "genes": 5, "cells_on_path": {"HSC": 6, "Mono": 4},
+        "markers_not_kept": ["AVP"], "files": {"markers": str(tmp_path / "markers.csv")}, "metrics": {"markers_agree": 1, "markers_compared": 2},
+        "sections": recorded,
+    }  # fmt: skip
+    section, metrics = _real_rna_section(real)
+    assert section.title == "Real RNA: van Galen healthy marrow, HSC → Mono"
+    text = section.text
+    assert text.index("trained on marrow/ (10 cells, 5 genes kept)") < text.index("Not among the kept genes: AVP") < text.index(path_text)
+    assert [Path(f) for f in section.figures] == [figure] and list(section.tables) == ["markers"]
+    assert metrics["markers_agree"] == 1 and metrics["marker_misses"] == {"CD34": "down"} and metrics["marker_dpt_shapes"]["CD34"] == "transient"
+    # A stage.json of an earlier version recorded no section: the page says how to get one, and keeps the headline's numbers.
+    section, metrics = _real_rna_section({key: value for key, value in real.items() if key != "sections"})
+    assert "rerun the stage" in section.text and not section.figures and metrics["marker_shapes"] == {"CD34": "transient", "LYZ": "up"}
+
+
 @pytest.mark.slow
 def test_real_rna_stage_on_van_galen_lists_the_known_markers(vangalen, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -112,10 +138,13 @@ def test_real_rna_stage_on_van_galen_lists_the_known_markers(vangalen, tmp_path,
     assert outputs["path"] == ["HSC", "GMP", "ProMono", "Mono"] and min(outputs["cells_on_path"].values()) > 0
     assert outputs["markers_not_kept"] == []
     section, metrics = _real_rna_section(outputs)
-    markers = section.tables["known markers"].set_index("gene")
+    markers = section.tables["markers"].set_index("gene")
     assert {"CD34", "LYZ", "MPO"} <= set(markers.index) and set(markers["curve"]) <= {"up", "down", "transient", "flat"}
     assert section.title == "Real RNA: van Galen healthy marrow, HSC → Mono"
     assert f"{metrics['markers_agree']} of 17 agree" in section.text and "CD34 " in section.text and "MPO " in section.text
+    # The path is shown as the synthetic ones are: through the cells' pseudotime, the DPT baseline and the chord beside it.
+    assert "diffusion-pseudotime quantiles" in section.text and "Baseline:" in section.text and "The study's chord" in section.text
+    assert {Path(f).name for f in section.figures} == {"paths.png", "heatmap.png", "markers.png", "markers_dpt.png"}
     # A cell type the data does not have is named, with the ones it has (the trained model is reused).
     monkeypatch.setattr("wbcvae.pipeline._train_vae", lambda *args: {"checkpoint": outputs["checkpoint"]})
     run.config["real_rna"]["path"] = ["HSC", "Neutrophil"]

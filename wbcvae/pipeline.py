@@ -173,8 +173,9 @@ def _real_rna(run: Run) -> Outputs:
     from wbcvae.trajectory.decode import as_decoder
     from wbcvae.trajectory.presets import real_rna_preset
     from wbcvae.trajectory.expression import cell_expression
-    from wbcvae.trajectory.run import run_trajectory
+    from wbcvae.trajectory.run import report_section, run_trajectory
     from wbcvae.checkpoints import kept_genes, load_plan
+    from wbcvae.pipeline_report import save_sections
     from wbcvae.training.embed import EMBEDDING_KEY, embed
 
     settings = run.section("real_rna")
@@ -214,11 +215,13 @@ def _real_rna(run: Run) -> Outputs:
         "markers_not_kept": [g for g in preset.expected_markers if g not in genes],
         "files": {name: str(file) for name, file in result.files.items()},
         "metrics": to_jsonable(result.metrics),
+        "sections": save_sections([report_section(result)], folder / "sections"),  # the path as the synthetic ones are shown
     }
 
 
 def _trajectory_settings(values: dict[str, Any]) -> TrajectorySettings:
-    """Waypoints through every listed cell type, at their centroids, unless `real_rna.trajectory` says otherwise."""
+    """The data path; the study's chord beside it anchored at every listed cell type's centroid, unless
+    `real_rna.trajectory` says otherwise."""
     from wbcvae.trajectory.run import TrajectorySettings
 
     return TrajectorySettings.from_mapping({"waypoints": True, "anchor_mode": "centroid", **values}, "real_rna.trajectory")

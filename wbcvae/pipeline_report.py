@@ -38,6 +38,15 @@ CAPTIONS = {
     "Look for a gradual change of nucleus size, shape and shade from the first stage to the last; bright spread marks "
     "where the path is uncertain.",
     "path.gif": "The same path, animated: one decoded cell per step from the first stage to the last.",
+    "paths.png": "The path's cells on their first two principal components, coloured by pseudotime, with the data "
+    "path (red) through the centroids of their pseudotime quantiles and the study's chord (black) through class "
+    "anchors; diamonds mark each path's anchors. Look for the red path following the cloud where the chord cuts "
+    "across it.",
+    "markers_dpt.png": "The baseline a user would run instead: each known marker's decoded curve (blue, left axis, the "
+    "central 95 % of the posterior samples shaded) beside the real cells' mean along scanpy's diffusion pseudotime "
+    "(orange, right axis), their Pearson r above each panel. Look for the two rising and falling together. The axes "
+    "differ: the decoded curve is the log of a cell's expected expression, the trend a mean of the cells' log counts, "
+    "which sits lower.",
     "heatmap.png": "Z-normalised decoded expression of each k-Shape cluster's top genes along the path. Look for "
     "blocks that rise, fall or peak mid-way: each block is one kinetic programme.",
     "markers.png": "Known markers' decoded expression along the path, with the central 95 % of the cells drawn along "
@@ -380,36 +389,31 @@ def _segmentation_section(segmentation: dict[str, Any], folder: Path, world: dic
 
 
 def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
-    """The decoded path on real marrow RNA: which known markers go up and down, and whether as expected."""
-    from wbcvae.trajectory.run import marker_sentence
-
+    """The decoded path on real marrow RNA, shown as the synthetic paths are (`trajectory.run.report_section`,
+    recorded by the stage), after what the model was trained on: which known markers go up and down, and whether as
+    expected."""
+    title = "Real RNA: van Galen healthy marrow"
     if "skipped" in real:
-        return Section("Real RNA: van Galen healthy marrow", f"Skipped: {real['skipped']}."), {"skipped": real["skipped"]}
-    path, files, m = real["path"], real["files"], real["metrics"]
-    markers = pd.read_csv(files["markers"]) if "markers" in files else pd.DataFrame()
+        return Section(title, f"Skipped: {real['skipped']}."), {"skipped": real["skipped"]}
+    path = real["path"]
     stages = " → ".join(f"{t} ({n} cells)" for t, n in real["cells_on_path"].items())
-    lines = [
-        f"The RNA β-VAE trained on {real['source']} ({real['cells']} cells, {real['genes']} genes kept), then a GP "
-        f"through the latent centroids of {stages} "
-        f"(RBF lengthscale {m['lengthscale']:.3f}), decoded into expression. Genes by shape: {m['genes_up']} up, "
-        f"{m['genes_down']} down, {m['genes_transient']} transient, {m['genes_flat']} flat (k-Shape with k={m['k_used']}).",
-        marker_sentence(markers) if len(markers) else "None of the known markers is among the genes the model keeps.",
-    ]
+    lines = [f"The RNA β-VAE trained on {real['source']} ({real['cells']} cells, {real['genes']} genes kept); the path's cell types: {stages}."]
     if real["markers_not_kept"]:
         lines.append(f"Not among the kept genes: {', '.join(real['markers_not_kept'])}.")
-    tables = {"known markers": markers} if len(markers) else {}
-    section = Section(
-        f"Real RNA: van Galen healthy marrow, {path[0]} → {path[-1]}",
-        "\n\n".join(lines),
-        [files[key] for key in ("heatmap", "markers_plot") if key in files],
-        tables | {"clusters": pd.read_csv(files["clusters"])},
-    )
+    if "sections" in real:
+        path_section = load_sections(real["sections"])[0]
+    else:  # a stage.json of an earlier version, which did not record its section
+        path_section = Section("", "Its path, figures and tables: rerun the stage (delete real_rna/stage.json in the run's folder).")
+    markers = pd.read_csv(real["files"]["markers"]) if "markers" in real["files"] else pd.DataFrame()
+    if not len(markers):
+        lines.append("None of the known markers is among the genes the model keeps.")
+    section = Section(f"{title}, {path[0]} → {path[-1]}", "\n\n".join([*lines, path_section.text]), path_section.figures, path_section.tables)
     shapes = {
         "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
         "marker_misses": {g: e for g, e, ok in zip(markers.get("gene", []), markers.get("expected", []), markers.get("agrees", [])) if not ok},
         "marker_dpt_shapes": dict(zip(markers.get("gene", []), markers.get("dpt_shape", []))),
     }
-    return section, {"markers_agree": 0, "markers_compared": 0, **m, **shapes}
+    return section, {"markers_agree": 0, "markers_compared": 0, **real["metrics"], **shapes}
 
 
 def _vae_section(outputs: dict[str, dict[str, Any]]) -> tuple[Section, dict[str, Any]]:

@@ -341,7 +341,8 @@ def report_section(result: TrajectoryResult) -> Section:
 def chord_sentence(m: dict[str, float]) -> str:
     """The study's chord beside the data path, in the same numbers."""
     text = (
-        f"The study's chord between the end classes, fitted beside it: {m['chord_genes_up']} up, {m['chord_genes_down']} "
+        "The study's chord through class anchors (the end classes' centroids, or every stage's with `waypoints`), fitted "
+        f"beside it: {m['chord_genes_up']} up, {m['chord_genes_down']} "
         f"down, {m['chord_genes_transient']} transient, {m['chord_genes_flat']} flat (k = {m['chord_k_used']})"
     )
     if "chord_ari_curves" in m:
