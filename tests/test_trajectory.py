@@ -398,7 +398,7 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     preset = PRESETS["granulopoiesis"]
     latent, classes, t = clusters_along_a_curve(preset.series, per_class=20, noise=0.05)
     kinds = ["up", "down", "transient", "flat"] * 8
-    genes = [f"G{i:02d}" for i in range(len(kinds))]
+    genes = ["CXCR2", "CD34", "MPO"] + [f"G{i:02d}" for i in range(3, len(kinds))]  # three of the preset's markers, their shapes planted
     truth = GroundTruth(latent, np.full(len(t), "granulocytic"), t, pd.DataFrame({"kinetic_granulocytic": kinds}, index=genes))
     settings = TrajectorySettings(steps=40, samples=3, k_range=(3, 4), **FAST)
     crops = CellCrops(latent, np.asarray(classes), grey_crops(len(latent)))
@@ -424,6 +424,9 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     stages = [preset.series.index(c) for c in pd.read_csv(folder / "strip_cells.csv")["nearest_cell"]]
     assert stages[0] == 0 and stages[-1] == len(preset.series) - 1 and stages == sorted(stages)
     assert "real image cell nearest the path" in report_section(result).text
+    # The known markers, read along the data path and along the chord beside it.
+    assert (m["markers_agree"], m["markers_compared"]) == (3, 3) and 0 <= m["chord_markers_agree"] <= 3
+    assert f"known markers as expected: {m['chord_markers_agree']} of 3 (data path: 3)" in report_section(result).text
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
     settings.compare_chord, settings.min_lengthscale = False, 0.5
     stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)

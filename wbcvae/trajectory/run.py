@@ -195,6 +195,8 @@ def run_trajectory(
     if cells is not None and settings.compare_chord:
         chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth, near)
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
+        if len(markers):
+            metrics["chord_markers_agree"] = int(marker_table(preset, chord.kinetics)["agrees"].astype(bool).sum())
         files["paths_plot"] = save_paths_plot(latent, cells, {"data path": trajectory, "chord": chord.trajectory}, folder / "paths.png", preset.name)
         if chord.confusion is not None:
             tables["chord_kinetics_confusion"] = chord.confusion
@@ -351,6 +353,8 @@ def chord_sentence(m: dict[str, float]) -> str:
             f"{m['chord_curve_shape_accuracy']:.1%}, transient genes found {m['chord_transient_recall']:.1%} "
             f"(data path: {m['transient_recall']:.1%})"
         )
+    if "chord_markers_agree" in m:
+        text += f"; known markers as expected: {m['chord_markers_agree']} of {m['markers_compared']} (data path: {m['markers_agree']})"
     return text + "."
 
 
