@@ -28,7 +28,7 @@ from wbcvae.trajectory.kinetics import TRANSIENT_RATIO, change_statistic, change
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.pseudotime import data_anchors, path_cells
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
-from wbcvae.trajectory.run import TrajectorySettings, report_section, run_trajectory
+from wbcvae.trajectory.run import TrajectorySettings, _genes_to_draw, report_section, run_trajectory
 
 DIM = 8
 FAST = dict(fit_iters=30)
@@ -427,6 +427,13 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     # The known markers, read along the data path and along the chord beside it.
     assert (m["markers_agree"], m["markers_compared"]) == (3, 3) and 0 <= m["chord_markers_agree"] <= 3
     assert f"known markers as expected: {m['chord_markers_agree']} of 3 (data path: 3)" in report_section(result).text
+    # markers.png: a panel per expected shape, in the order a lineage's programmes run; without markers, the clusters' top genes.
+    drawn = _genes_to_draw(result.tables["markers"], result.kinetics)
+    assert drawn == {"expected down": ["CD34"], "expected transient": ["MPO"], "expected up": ["CXCR2"], "expected flat": []}
+    assert Image.open(folder / "markers.png").width > 2.5 * Image.open(folder / "markers.png").height  # three panels side by side
+    by_cluster = _genes_to_draw(result.tables["markers"].iloc[:0], result.kinetics)
+    changed = result.kinetics.table.query("cluster >= 0")
+    assert {g for genes in by_cluster.values() for g in genes} == set(changed.loc[changed["rank"] <= 3, "gene"])
     # The neutrophil stretch of the lineage is not scored against whole-lineage kinetics.
     settings.compare_chord, settings.min_lengthscale = False, 0.5
     stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)

@@ -49,9 +49,10 @@ CAPTIONS = {
     "which sits lower.",
     "heatmap.png": "Z-normalised decoded expression of each k-Shape cluster's top genes along the path. Look for "
     "blocks that rise, fall or peak mid-way: each block is one kinetic programme.",
-    "markers.png": "Known markers' decoded expression along the path, with the central 95 % of the cells drawn along "
-    "posterior paths shaded. Look for each marker moving the way biology expects (the section's text lists expected "
-    "and found shapes).",
+    "markers.png": "Known markers' decoded expression along the path, one panel per expected shape, each curve scaled "
+    "to its own range (the central 95 % of the cells drawn along posterior paths shaded); a marker whose curve has "
+    "another shape is dashed. Look for each marker moving the way biology expects, and for the order of events: "
+    "which genes fall before others peak or rise.",
 }
 
 # The full metric table at the end of the page: a title for each group (a top-level key of metrics.json),

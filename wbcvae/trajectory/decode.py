@@ -14,7 +14,7 @@ show the real image cell nearest the path at each frame (`CellCrops`): what a bl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,27 +165,36 @@ def save_gif(decoded: DecodedPath, path: Path, frame_ms: int = 80) -> Path:
     return Path(path)
 
 
-def save_gene_curves(decoded: DecodedPath, genes: Sequence[str], path: Path) -> Path:
-    """PNG: decoded expression of `genes` along the path, the central 95 % of the posterior samples shaded."""
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    for gene in genes:
-        j = decoded.gene_names.index(gene)
-        (line,) = ax.plot(decoded.t, decoded.genes[:, j], label=gene)
-        shade_band(ax, decoded, j, line.get_color())
-    ax.set_xlabel("pseudotime")
-    ax.set_ylabel("decoded expression")
-    ax.set_title(decoded.name)
-    ax.legend(fontsize=7, ncol=2)
+def save_gene_curves(decoded: DecodedPath, groups: Mapping[str, Sequence[str]], path: Path, dashed: Collection[str] = ()) -> Path:
+    """PNG, one panel per group of genes (titled by its key): each decoded curve scaled to its own range (0 at
+    its lowest step, 1 at its highest; the central 95 % of the posterior samples shaded on the same scale), so
+    when genes of any level fall, peak or rise reads across them at a glance. Genes in `dashed` are drawn dashed."""
+    groups = {title: genes for title, genes in groups.items() if len(genes)} or {"no genes to draw": []}
+    fig = Figure(figsize=(3.3 * len(groups), 3.2))
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
+    for ax, (title, genes) in zip(axes, groups.items()):
+        for gene in genes:
+            j = decoded.gene_names.index(gene)
+            curve = decoded.genes[:, j]
+            low, span = curve.min(), np.ptp(curve) or 1.0
+            (line,) = ax.plot(decoded.t, (curve - low) / span, ls="--" if gene in dashed else "-", label=gene)
+            shade_band(ax, decoded, j, line.get_color(), low, span, alpha=0.1)  # lighter: several bands overlap
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("pseudotime")
+        if genes:
+            ax.legend(fontsize=6)
+    axes[0].set_ylabel("decoded expression, scaled to its range")
+    fig.suptitle(decoded.name, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def shade_band(ax, decoded: DecodedPath, gene: int, colour: str) -> None:
-    """Shade where the central 95 % of a gene's decoded posterior samples lie (nothing without samples)."""
+def shade_band(ax, decoded: DecodedPath, gene: int, colour: str, low: float = 0.0, span: float = 1.0, alpha: float = 0.2) -> None:
+    """Shade where the central 95 % of a gene's decoded posterior samples lie, as (value − `low`) / `span`
+    (nothing without samples)."""
     if decoded.gene_band is not None:
-        low, high = decoded.gene_band[:, :, gene]
-        ax.fill_between(decoded.t, low, high, color=colour, alpha=0.2)
+        bottom, top = (decoded.gene_band[:, :, gene] - low) / span
+        ax.fill_between(decoded.t, bottom, top, color=colour, alpha=alpha)
 
 
 def _decode_batched(decoder: Decoder, z: Tensor, batch_size: int) -> Tensor:

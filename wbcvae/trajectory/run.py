@@ -178,7 +178,9 @@ def run_trajectory(
         files |= {"strip": save_image_strip(decoded, folder / "strip.png", nearest), "gif": save_gif(decoded, folder / "path.gif")}
     files |= {
         "heatmap": save_heatmap(kinetics, folder / "heatmap.png", title=f"{preset.name}: gene kinetics"),
-        "markers_plot": save_gene_curves(decoded, _genes_to_draw(markers, kinetics), folder / "markers.png"),
+        "markers_plot": save_gene_curves(
+            decoded, _genes_to_draw(markers, kinetics), folder / "markers.png", dashed=set(markers["gene"][~markers["agrees"].astype(bool)])
+        ),
         "genes": write_csv(decoded.gene_frame(), folder / "genes.csv", index=True),
         "path": write_csv(_path_frame(trajectory), folder / "path.csv"),
     }
@@ -421,12 +423,14 @@ def marker_sentence(markers: pd.DataFrame) -> str:
     return sentence + f", {markers_as_dpt(markers)} of {len(markers)} with the shape of the real cells' DPT trend."
 
 
-def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, n: int = 8) -> list[str]:
-    """The known markers when the model keeps some, else the top-ranked gene of each cluster."""
+def _genes_to_draw(markers: pd.DataFrame, kinetics: GeneKinetics, per_cluster: int = 3) -> dict[str, list[str]]:
+    """The known markers by their expected shape when the model keeps some, else each shape's clusters' top genes;
+    in the order a lineage's programmes run (falling, peaking, rising)."""
+    order = ("down", "transient", "up", "flat")
     if len(markers):
-        return list(markers["gene"][:n])
-    top = kinetics.table[(kinetics.table["rank"] == 1) & (kinetics.table["cluster"] >= 0)]
-    return list(top["gene"][:n])
+        return {f"expected {shape}": list(markers["gene"][markers["expected"] == shape]) for shape in order}
+    top = kinetics.table[(kinetics.table["rank"] <= per_cluster) & (kinetics.table["cluster"] >= 0)]
+    return {f"{shape} clusters' top genes": list(top["gene"][top["shape"] == shape]) for shape in order}
 
 
 def _path_frame(trajectory: Trajectory) -> pd.DataFrame:
