@@ -28,7 +28,7 @@ from wbcvae.trajectory.kinetics import TRANSIENT_RATIO, change_statistic, change
 from wbcvae.trajectory.presets import PRESETS
 from wbcvae.trajectory.pseudotime import data_anchors, path_cells
 from wbcvae.trajectory.recovery import GroundTruth, pseudotime_spearman
-from wbcvae.trajectory.run import TrajectorySettings, _genes_to_draw, report_section, run_trajectory
+from wbcvae.trajectory.run import TrajectorySettings, _genes_to_draw, chord_sentence, report_section, run_trajectory
 
 DIM = 8
 FAST = dict(fit_iters=30)
@@ -427,6 +427,8 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     # The known markers, read along the data path and along the chord beside it.
     assert (m["markers_agree"], m["markers_compared"]) == (3, 3) and 0 <= m["chord_markers_agree"] <= 3
     assert f"known markers as expected: {m['chord_markers_agree']} of 3 (data path: 3)" in report_section(result).text
+    chord_markers = result.tables["chord_markers"]
+    assert list(chord_markers["gene"]) == ["CD34", "MPO", "CXCR2"] and chord_markers["agrees"].sum() == m["chord_markers_agree"]
     # markers.png: a panel per expected shape, in the order a lineage's programmes run; without markers, the clusters' top genes.
     drawn = _genes_to_draw(result.tables["markers"], result.kinetics)
     assert drawn == {"expected down": ["CD34"], "expected transient": ["MPO"], "expected up": ["CXCR2"], "expected flat": []}
@@ -439,6 +441,14 @@ def test_run_trajectory_recovers_a_planted_programme(tmp_path):
     stretch = run_trajectory("neutrophil_maturation", latent, classes, None, planted_gene_decoder(kinds), genes, tmp_path, settings, truth)
     assert "pseudotime_spearman" in stretch.metrics and "ari_shapes" not in stretch.metrics
     assert stretch.metrics["lengthscale"] >= 0.5  # the setting bounds the GP
+
+
+def test_chord_sentence_names_the_markers_the_chord_misses():
+    m = {"chord_genes_up": 1, "chord_genes_down": 1, "chord_genes_transient": 0, "chord_genes_flat": 2, "chord_k_used": 3}
+    m |= {"chord_markers_agree": 1, "markers_compared": 2, "markers_agree": 2}
+    markers = pd.DataFrame({"gene": ["CD34", "MPO"], "expected": ["down", "transient"], "curve": ["down", "flat"], "agrees": [True, False]})
+    assert chord_sentence(m, markers).endswith("known markers as expected: 1 of 2 (data path: 2), the chord's misses: MPO flat (expected transient).")
+    assert chord_sentence(m).endswith("known markers as expected: 1 of 2 (data path: 2).")
 
 
 def test_a_wiggle_the_cells_cannot_show_is_flat_and_real_changes_stay(tmp_path):

@@ -198,7 +198,8 @@ def run_trajectory(
         chord = _walk(preset, _chord_anchors(latent, classes, preset, settings), None, gene_decoder, gene_names, settings, truth, near)
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
         if len(markers):
-            metrics["chord_markers_agree"] = int(marker_table(preset, chord.kinetics)["agrees"].astype(bool).sum())
+            tables["chord_markers"] = marker_table(preset, chord.kinetics)
+            metrics["chord_markers_agree"] = int(tables["chord_markers"]["agrees"].astype(bool).sum())
         files["paths_plot"] = save_paths_plot(latent, cells, {"data path": trajectory, "chord": chord.trajectory}, folder / "paths.png", preset.name)
         if chord.confusion is not None:
             tables["chord_kinetics_confusion"] = chord.confusion
@@ -336,14 +337,14 @@ def report_section(result: TrajectoryResult) -> Section:
             )
         lines.append(recovered + ".")
     if "chord_genes_flat" in m:
-        lines.append(chord_sentence(m))
+        lines.append(chord_sentence(m, result.tables.get("chord_markers")))
     keys = ("strip", "gif", "paths_plot", "heatmap", "markers_plot", "markers_dpt")
     figures = [result.files[key] for key in keys if key in result.files]
     return Section(f"Trajectory: {preset.name}", "\n\n".join(lines), figures, result.tables)
 
 
-def chord_sentence(m: dict[str, float]) -> str:
-    """The study's chord beside the data path, in the same numbers."""
+def chord_sentence(m: dict[str, float], markers: pd.DataFrame | None = None) -> str:
+    """The study's chord beside the data path, in the same numbers; with its `markers` table, the ones it misses."""
     text = (
         "The study's chord through class anchors (the end classes' centroids, or every stage's with `waypoints`), fitted "
         f"beside it: {m['chord_genes_up']} up, {m['chord_genes_down']} "
@@ -357,6 +358,9 @@ def chord_sentence(m: dict[str, float]) -> str:
         )
     if "chord_markers_agree" in m:
         text += f"; known markers as expected: {m['chord_markers_agree']} of {m['markers_compared']} (data path: {m['markers_agree']})"
+        missed = [] if markers is None else [f"{r.gene} {r.curve} (expected {r.expected})" for r in markers.itertuples() if not r.agrees]
+        if missed:
+            text += f", the chord's misses: {', '.join(missed)}"
     return text + "."
 
 
