@@ -301,12 +301,14 @@ def warmup_cosine(step: int, warmup: int, total: float, time_spent: float = 0.0)
 
 
 def time_fraction(trainer: Any) -> Callable[[], float]:
-    """A clock reading the fraction of the trainer's `max_time` spent training (0 without one), so a run
-    stopped by its time limit has lowered its rate by then instead of keeping the step plan's."""
+    """A clock reading the fraction of the trainer's `max_time` spent training, for a run planned by time alone
+    (`max_time` without `max_steps`), so that it has lowered its rate when its time is up. 0 for a run with a step
+    plan, where `max_time` only stops a run that overruns: a clock in the rate makes two runs of one config differ
+    (the demo's 40 steps, rerun on one machine, reached a validation IoU of 0.73 to 0.82)."""
     from lightning.pytorch.callbacks import Timer
 
     timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
-    if timer is None:
+    if timer is None or getattr(trainer, "max_steps", -1) != -1:
         return lambda: 0.0
 
     def spent() -> float:
