@@ -108,8 +108,9 @@ def legs_beyond_spread(curves: np.ndarray, spread: np.ndarray, moving: np.ndarra
     later = np.triu(np.ones((steps, steps), bool), 1)[..., None]  # [i, j]: step j after step i
     shapes = []
     for _, rise in standardised_differences(curves, spread):  # rise[i, j]: from step i to step j
-        into, after = np.where(later, rise, -np.inf).max(0), np.where(later, rise, -np.inf).max(1)  # best rise into / after each step
-        fall_into, fall_after = np.where(later, -rise, -np.inf).max(0), np.where(later, -rise, -np.inf).max(1)
+        up, down = np.where(later, rise, -np.inf), np.where(later, -rise, -np.inf)
+        into, after = up.max(0), up.max(1)  # best rise into / after each step
+        fall_into, fall_after = down.max(0), down.max(1)
         bump = np.maximum(np.minimum(into, fall_after).max(0), np.minimum(fall_into, after).max(0))
         pairs = np.where(later, rise, 0.0).reshape(steps * steps, -1)
         strongest = pairs[np.abs(pairs).argmax(0), np.arange(pairs.shape[1])]
