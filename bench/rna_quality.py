@@ -22,6 +22,11 @@ rebuilt DataModule (the test split; `vae_quality.held_out_loader`):
   50 axes, which the truth then shares. Here that noise is B's own, so the measure scores what a trajectory
   decodes, the cell's expression.
 
+On a synthetic world (a `ground_truth.json` beside the data) the world's own expression is scored beside them
+(`TruthYardstick`): each held-out cell's expected log-normalised expression under the zero-inflated NB its counts
+were drawn from, regenerated from the world's seed (`rna_truth`). It is the best prediction of a cell's expression
+there is, so it tests each measure: a measure on which a yardstick beats it rewards something else.
+
 With `--scvi` (scvi-tools installed: `pip install -e '.[bench]'`) the anchor a user would run instead is scored
 beside them: scvi-tools' SCVI with its defaults (one hidden layer of 128, no batch key), a 50-d latent and an NB
 likelihood, trained on the same training cells and kept genes for its own default number of epochs (`--scvi-epochs`
@@ -41,6 +46,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from vae_quality import fit_pca, held_out_loader, mse
 
@@ -74,6 +80,7 @@ def collect(plan, preprocessor, loader, device: str, max_cells: int, held_out: b
         parts["counts"].append(counts)
         parts["library"].append(library)
         parts["truth"].append(log_normalised(counts, library))
+        parts["index"].append(batch["index"].numpy())
         if "rho" in out:
             parts["mean"].append(library * out["rho"].cpu().numpy())
         cells += len(counts)
@@ -145,6 +152,41 @@ def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -
     return float(values.mean())
 
 
+class TruthYardstick:
+    """A synthetic world's own expression (`rna_truth`): each held-out cell's expected log-normalised expression
+    under the zero-inflated negative binomial its counts were drawn from, at its observed library. No model can
+    predict a cell's expression better; a yardstick that scores better copies the cell's sampling noise."""
+
+    def __init__(self, world: Path, genes: list[str]) -> None:
+        from wbcvae.data.synthetic.world import rna_truth
+
+        truth = rna_truth(world)
+        self.columns = pd.Index(truth.genes).get_indexer(genes)
+        self.truth = truth
+
+    def expected(self, index: np.ndarray, library: np.ndarray, depth: float = 1.0) -> np.ndarray:
+        """E[log1p(10⁴ · X / library)] of the cells at `index` (rows of rna.h5ad), their molecules thinned to
+        `depth` (binomial thinning keeps an NB an NB, its mean scaled; a dropped-out zero stays zero)."""
+        mean = torch.as_tensor(self.truth.mean[np.ix_(index, self.columns)] * depth)
+        theta = torch.as_tensor(self.truth.dispersion[self.columns])
+        kept = 1 - self.truth.dropout[np.ix_(index, self.columns)]
+        return kept * expected_log_expression(mean, theta, torch.as_tensor(library, dtype=torch.float64)).numpy()
+
+    def scores(self, test: dict, split_seed: int) -> dict[str, float]:
+        """The three measures of `evaluate` for `collect`'s held-out cells; the likelihood is the zero-inflated one."""
+        index = test["index"]
+        _, half_b, _, library_b = held_out_halves(test, split_seed)
+        mean = self.truth.mean[np.ix_(index, self.columns)]
+        dropout = self.truth.dropout[np.ix_(index, self.columns)]
+        theta = self.truth.dispersion[self.columns]
+        nb = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (test["counts"], mean, theta)))
+        return {
+            "log_expression_mse": mse(self.expected(index, test["library"]), test["truth"]),
+            "held_out_molecules_mse": mse(self.expected(index, library_b, depth=0.5), log_normalised(half_b, library_b)),
+            "nb_log_likelihood": float(np.log((1 - dropout) * nb.exp().numpy() + dropout * (test["counts"] == 0)).mean()),
+        }
+
+
 class ScviYardstick:
     """scvi-tools' SCVI trained on `collect`'s training cells (the kept genes' counts), read as our count model."""
 
@@ -213,9 +255,15 @@ def evaluate(ckpt: Path, device: str, max_cells: int, split_seed: int = 0, scvi:
         nb_ll[name] = nb_log_likelihood(test["counts"], expected_counts(recon, test["library"]), theta)
     held_out_molecules = molecular_cross_validation(plan, preprocessor, train, test, device, split_seed)
     anchor = ScviYardstick(train, scvi_epochs) if scvi else None
-    if anchor is not None:
-        scores = anchor.scores(test, split_seed)
-        log_mse["scvi"], held_out_molecules["scvi"], nb_ll["scvi"] = (scores[measure] for measure in MEASURES)
+    source = record["data"].get("source")
+    is_world = source is not None and (Path(source) / "ground_truth.json").is_file()
+    others = {
+        **({"scvi": anchor} if anchor is not None else {}),
+        **({"truth": TruthYardstick(Path(source), preprocessor.genes)} if is_world else {}),
+    }
+    for name, other in others.items():
+        scores = other.scores(test, split_seed)
+        log_mse[name], held_out_molecules[name], nb_ll[name] = (scores[measure] for measure in MEASURES)
     return {
         "checkpoint": str(ckpt),
         "data": record["data"].get("source"),
@@ -250,13 +298,15 @@ def main() -> None:
     with atomic_path(args.out / "rna_quality.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
     columns = {"model": "model", "pca50": "PCA-50", "training_mean": "mean", **({"scvi": "SCVI"} if args.scvi else {})}
+    if any("truth" in r["log_expression_mse"] for r in results):
+        columns["truth"] = "truth"
     labels = " / ".join(columns.values())
     print(f"| data | likelihood | hidden | epochs | held-out cells × genes | log-expression MSE: {labels} "
           f"| MSE on held-out molecules: {labels} | NB log-lik.: {labels} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['data']} | {r['likelihood']} | {r['hidden']} | {r['epochs']} | {r['held_out_cells']} × {r['genes']} ({r['held_out']}) | "
-              + " | ".join(" / ".join(f"{r[measure][name]:.4f}" for name in columns) for measure in MEASURES) + " |")  # fmt: skip
+              + " | ".join(" / ".join(f"{r[measure][name]:.4f}" if name in r[measure] else "—" for name in columns) for measure in MEASURES) + " |")  # fmt: skip
     if args.scvi:
         print("SCVI epochs: " + ", ".join(str(r["scvi_epochs"]) for r in results))
     print(f"\nwritten to {args.out / 'rna_quality.json'}")

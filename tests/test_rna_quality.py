@@ -54,3 +54,33 @@ def test_held_out_molecules_score_expression_where_the_plain_mse_scores_noise():
         held_out[k] = quality.mse(recon, quality.log_normalised(half_b, library_b))
     assert plain[30] < 0.7 * plain[2]  # copying the noise pays on the plain MSE…
     assert held_out[2] < held_out[30]  # …and costs on held-out molecules
+
+
+def test_a_world_s_own_expression_wins_on_held_out_molecules_and_loses_to_a_wide_code_on_the_plain_mse(tmp_path):
+    """The premise on the synthetic world itself: its true expression (`TruthYardstick`) is the best prediction of
+    a cell's expression there is, yet PCA that keeps 100 of 150 axes scores below it on the plain MSE, by keeping
+    the held-out cells' own noise along them. On held-out molecules the truth wins."""
+    import anndata as ad
+
+    from wbcvae.data.synthetic.world import write_world
+
+    world = write_world(tmp_path / "world", cells_per_class=1, rna_cells=900, crop_size=64, n_genes=150, progress=False)
+    adata = ad.read_h5ad(world / "rna.h5ad")
+    counts = adata.X.toarray().astype(np.float32)
+    library = counts.sum(1, keepdims=True)
+    train, held_out = np.arange(600), np.arange(600, 900)
+    test = {"counts": counts[held_out], "library": library[held_out], "index": held_out}
+    test["truth"] = quality.log_normalised(test["counts"], test["library"])
+    truth = quality.TruthYardstick(world, list(adata.var_names)).scores(test, split_seed=0)
+    train_a, _, train_library_a, _ = quality.molecular_split(counts[train], library[train], np.random.default_rng([0, 0]))
+    half_a, half_b, library_a, library_b = quality.held_out_halves(test, 0)
+    plain, held_out_mse = {}, {}
+    for k in (50, 100):
+        pca = quality.fit_pca(quality.log_normalised(counts[train], library[train]), k)
+        plain[k] = quality.mse(pca.inverse_transform(pca.transform(test["truth"])), test["truth"])
+        pca = quality.fit_pca(quality.log_normalised(train_a, train_library_a), k)
+        recon = pca.inverse_transform(pca.transform(quality.log_normalised(half_a, library_a)))
+        held_out_mse[k] = quality.mse(recon, quality.log_normalised(half_b, library_b))
+    assert plain[100] < 0.6 * truth["log_expression_mse"]  # copying noise beats the truth on the plain MSE…
+    assert truth["held_out_molecules_mse"] < min(held_out_mse.values())  # …and not on held-out molecules
+    assert np.isfinite(truth["nb_log_likelihood"]) and truth["nb_log_likelihood"] < 0

@@ -15,7 +15,7 @@ from wbcvae.data.synthetic import world as world_module
 from wbcvae.data.synthetic.cells import REFERENCE_SIZE, draw_cell, patient_stain
 from wbcvae.data.synthetic.programme import PROGRAMME, RNA_CLASSES, RNA_LINEAGES, sample_cells
 from wbcvae.data.synthetic.transcriptome import KINETICS, MARKERS
-from wbcvae.data.synthetic.world import MANIFEST_COLUMNS, write_world
+from wbcvae.data.synthetic.world import MANIFEST_COLUMNS, rna_truth, write_world
 from wbcvae.errors import InputError
 from wbcvae.vocabulary import CLASSES, LINEAGES
 
@@ -210,6 +210,22 @@ def test_ground_truth_agrees_with_the_data(world):
         assert truth["genes"]["kinetics"][lineage]["kind"] == list(adata.var[f"kinetic_{lineage}"])
     assert set(truth["programme"]) == set(CLASSES)
     assert set(truth["patients"]) == set(pd.read_csv(world / "manifest.csv")["patient"]) == set(adata.obs["patient"])
+
+
+def test_the_truth_behind_the_counts_is_regenerated_from_the_seed(world, tmp_path):
+    adata = ad.read_h5ad(world / "rna.h5ad")
+    truth = rna_truth(world)
+    assert truth.genes == list(adata.var_names) and truth.mean.shape == adata.shape
+    counts = adata.X.toarray()
+    expected = (1 - truth.dropout) * truth.mean  # the zero-inflated NB's mean
+    assert abs(counts.sum() / expected.sum() - 1) < 0.02
+    assert np.corrcoef(np.log1p(counts.mean(0)), np.log1p(expected.mean(0)))[0, 1] > 0.99
+    changed = _tiny_world(tmp_path / "changed")
+    adata = ad.read_h5ad(changed / "rna.h5ad")
+    adata.X = adata.X * 2
+    adata.write_h5ad(changed / "rna.h5ad")
+    with pytest.raises(InputError, match="changed: its RNA counts are not the ones this version draws"):
+        rna_truth(changed)
 
 
 def _log_normalised(adata):

@@ -216,13 +216,14 @@ def make_gene_programme(n_genes: int, rng: np.random.Generator) -> GeneProgramme
     return programme
 
 
-def simulate_counts(
+def cell_log_means(
     cells: pd.DataFrame,
     genes: GeneProgramme,
     rng: np.random.Generator,
     patient_effects: dict[str, tuple[float, np.ndarray]],
 ) -> np.ndarray:
-    """cells × genes int32 counts for cells with columns lineage, pseudotime, patient.
+    """cells × genes log mean counts of cells with columns lineage, pseudotime, patient: each cell's true
+    expression before sampling noise. `rng` draws each cell's library size; `draw_counts` goes on with it.
 
     `patient_effects[patient] = (log library-size factor, per-gene log batch shift)`.
     """
@@ -232,9 +233,17 @@ def simulate_counts(
     for patient, rows in cells.groupby("patient").indices.items():
         size_factor, batch = patient_effects[str(patient)]
         log_mu[rows] += size_factor + batch
-    log_mu += rng.normal(0, 0.35, (len(cells), 1))  # library size varies cell to cell
+    return log_mu + rng.normal(0, 0.35, (len(cells), 1))  # library size varies cell to cell
+
+
+def dropout_probability(log_mu: np.ndarray) -> np.ndarray:
+    """The chance that a count is set to zero after sampling: highest for weakly expressed genes."""
+    return 0.5 / (1 + np.exp(1.5 * (log_mu - np.log(0.5))))
+
+
+def draw_counts(log_mu: np.ndarray, genes: GeneProgramme, rng: np.random.Generator) -> np.ndarray:
+    """cells × genes int32 counts around `cell_log_means`: negative binomial, then dropout."""
     mu = np.exp(log_mu)
     counts = rng.poisson(rng.gamma(genes.dispersion, mu / genes.dispersion))  # negative binomial
-    dropout = rng.random(mu.shape) < 0.5 / (1 + np.exp(1.5 * (log_mu - np.log(0.5))))
-    counts[dropout] = 0
+    counts[rng.random(mu.shape) < dropout_probability(log_mu)] = 0
     return counts.astype(np.int32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,14 @@ from tqdm.auto import tqdm
 
 from wbcvae.data.synthetic.cells import draw_cell, patient_stain
 from wbcvae.data.synthetic.programme import RNA_CLASSES, RNA_LINEAGES, programme_as_dict, sample_cells
-from wbcvae.data.synthetic.transcriptome import MARKERS, GeneProgramme, make_gene_programme, simulate_counts
+from wbcvae.data.synthetic.transcriptome import (
+    MARKERS,
+    GeneProgramme,
+    cell_log_means,
+    dropout_probability,
+    draw_counts,
+    make_gene_programme,
+)
 from wbcvae.errors import InputError
 from wbcvae.utils.atomic import atomic_path, write_h5ad
 from wbcvae.vocabulary import CLASSES
@@ -55,10 +63,7 @@ def write_world(
     """
     out = Path(out)
     _check(out, cells_per_class, rna_cells, crop_size, n_genes, n_patients, overwrite)
-    patients = [f"P{i + 1}" for i in range(n_patients)]
-    rng = _rng(seed, "patients")
-    stains = {p: patient_stain(rng) for p in patients}
-    patient_rna = {p: (rng.normal(0, 0.2), rng.normal(0, 0.1, n_genes)) for p in patients}
+    patients, stains, patient_rna = _patients(seed, n_patients, n_genes)
 
     rng = _rng(seed, "image_cells")
     crops = _with_patients(sample_cells(dict.fromkeys(CLASSES, cells_per_class), rng), patients, rng)
@@ -84,7 +89,8 @@ def write_world(
         )
         rng = _rng(seed, "rna_cells")
         rna = _with_patients(sample_cells(dict(zip(RNA_CLASSES, per_class, strict=True)), rng), patients, rng)
-        counts = simulate_counts(rna, genes, _rng(seed, "counts"), patient_rna)
+        rng = _rng(seed, "counts")
+        counts = draw_counts(cell_log_means(rna, genes, rng, patient_rna), genes, rng)
         write_h5ad(_rna_anndata(rna, counts, genes, seed), tmp / "rna.h5ad")
 
         truth = {
@@ -111,6 +117,45 @@ def write_world(
         }
         (tmp / "ground_truth.json").write_text(json.dumps(truth))
     return out
+
+
+def _patients(seed: int, n_patients: int, n_genes: int) -> tuple[list[str], dict, dict[str, tuple[float, np.ndarray]]]:
+    """The patients' names, stains and RNA effects (log library factor, per-gene log batch shift)."""
+    patients = [f"P{i + 1}" for i in range(n_patients)]
+    rng = _rng(seed, "patients")
+    stains = {p: patient_stain(rng) for p in patients}
+    return patients, stains, {p: (rng.normal(0, 0.2), rng.normal(0, 0.1, n_genes)) for p in patients}
+
+
+@dataclass(frozen=True)
+class RnaTruth:
+    """What the world's RNA counts were drawn from, per cell (rows of rna.h5ad) and gene: a negative binomial
+    with mean `mean` and inverse dispersion `dispersion`, whose draw is then zeroed with chance `dropout`."""
+
+    genes: list[str]
+    mean: np.ndarray  # cells × genes
+    dispersion: np.ndarray  # genes
+    dropout: np.ndarray  # cells × genes
+
+
+def rna_truth(world: str | os.PathLike) -> RnaTruth:
+    """The expression behind `world`'s RNA counts, regenerated from its seed: the yardstick no model can beat
+    at predicting a cell's expression. Refuses a world whose counts this code does not draw again (written by
+    another version)."""
+    import anndata as ad
+
+    world = Path(world)
+    parameters = json.loads((world / "ground_truth.json").read_text())
+    seed, n_genes = parameters["seed"], parameters["parameters"]["n_genes"]
+    _, _, patient_rna = _patients(seed, parameters["parameters"]["n_patients"], n_genes)
+    genes = make_gene_programme(n_genes, _rng(seed, "genes"))
+    adata = ad.read_h5ad(world / "rna.h5ad")
+    cells = adata.obs[["lineage", "pseudotime", "patient"]].astype({"lineage": str, "patient": str}).reset_index(drop=True)
+    rng = _rng(seed, "counts")
+    log_mu = cell_log_means(cells, genes, rng, patient_rna)
+    if not np.array_equal(draw_counts(log_mu, genes, rng), adata.X.toarray()):
+        raise InputError(f"{world}: its RNA counts are not the ones this version draws from its seed; write the world again")
+    return RnaTruth(genes.names, np.exp(log_mu), genes.dispersion, dropout_probability(log_mu))
 
 
 def _check(
