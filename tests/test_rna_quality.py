@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))  # rna_quality imports vae_quality beside it
@@ -84,3 +85,17 @@ def test_a_world_s_own_expression_wins_on_held_out_molecules_and_loses_to_a_wide
     assert plain[100] < 0.6 * truth["log_expression_mse"]  # copying noise beats the truth on the plain MSE…
     assert truth["held_out_molecules_mse"] < min(held_out_mse.values())  # …and not on held-out molecules
     assert np.isfinite(truth["nb_log_likelihood"]) and truth["nb_log_likelihood"] < 0
+
+
+def test_scvi_is_scored_on_the_same_cells_and_halves_as_ours():
+    """The `--scvi` anchor (skipped without scvi-tools: `pip install -e '.[bench]'`): trained on `collect`'s
+    training cells, it scores finite measures on the held-out ones, the same for the same split seed."""
+    pytest.importorskip("scvi")
+    counts, library = toy_counts(240, 30, seed=3)
+    train = {"counts": counts[:160], "library": library[:160]}
+    test = {"counts": counts[160:], "library": library[160:], "truth": quality.log_normalised(counts[160:], library[160:])}
+    anchor = quality.ScviYardstick(train, epochs=2)
+    scores = anchor.scores(test, split_seed=0)
+    assert anchor.epochs == 2 and set(scores) == set(quality.MEASURES)
+    assert all(np.isfinite(value) for value in scores.values()) and scores["nb_log_likelihood"] < 0
+    assert anchor.scores(test, split_seed=0) == scores
