@@ -65,10 +65,10 @@ from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import rebuild_datamodule
 from wbcvae.training.metrics import knn_accuracy, reference_loader
 from wbcvae.training.plan import VAEPlan
+from wbcvae.training.yardsticks import fit_pca, mse
 from wbcvae.utils.atomic import atomic_path
 from wbcvae.vocabulary import CLASS_INDEX, CLASSES, LINEAGES
 
-PCA_DIM = 50
 GRANULOCYTIC = LINEAGES["granulocytic"].stages
 STAGES = GRANULOCYTIC[GRANULOCYTIC.index("promyelocyte") :]  # PMY < MY < MMY < BNE < SNE
 SLIDE = 1.0  # background the segmenter and SSIM see around a cell: bright, like the slide between cells
@@ -125,15 +125,6 @@ def collect(plan: VAEPlan, kind: str, loader, device: str, max_cells: int, keep_
         if cells >= max_cells:
             break
     return split
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a.astype(np.float64) - b) ** 2))
-
-
-def fit_pca(train: np.ndarray, k: int = PCA_DIM) -> PCA:
-    """PCA-k of the training cells (randomised SVD, seeded): the best linear k-dimensional code."""
-    return PCA(n_components=min(k, *train.shape), svd_solver="randomized", random_state=0).fit(train)
 
 
 def joint_part(train_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:

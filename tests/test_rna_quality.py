@@ -1,20 +1,19 @@
-"""bench/rna_quality.py's molecular cross-validation: the split keeps every molecule, and the measure rewards
-a reconstruction of the cell's expression, not of its sampling noise (the plain MSE rewards the latter)."""
+"""`wbcvae.training.rna_quality`'s molecular cross-validation: the split keeps every molecule, and the measure
+rewards a reconstruction of the cell's expression, not of its sampling noise (the plain MSE rewards the latter);
+the synthetic world's truth as a yardstick; bench/rna_quality.py's SCVI anchor."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from wbcvae.training import rna_quality as quality
+from wbcvae.training.yardsticks import fit_pca, mse
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))  # rna_quality imports vae_quality beside it
-spec = importlib.util.spec_from_file_location("rna_quality", REPO / "bench" / "rna_quality.py")
-quality = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(quality)
 
 
 def toy_counts(cells: int, genes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,12 +46,12 @@ def test_held_out_molecules_score_expression_where_the_plain_mse_scores_noise():
     half_a, half_b, library_a, library_b = quality.molecular_split(test, test_library, rng)
     plain, held_out = {}, {}
     for k in (2, 30):
-        pca = quality.fit_pca(quality.log_normalised(train, train_library), k)
+        pca = fit_pca(quality.log_normalised(train, train_library), k)
         truth = quality.log_normalised(test, test_library)
-        plain[k] = quality.mse(pca.inverse_transform(pca.transform(truth)), truth)
-        pca = quality.fit_pca(quality.log_normalised(train_a, train_library_a), k)
+        plain[k] = mse(pca.inverse_transform(pca.transform(truth)), truth)
+        pca = fit_pca(quality.log_normalised(train_a, train_library_a), k)
         recon = pca.inverse_transform(pca.transform(quality.log_normalised(half_a, library_a)))
-        held_out[k] = quality.mse(recon, quality.log_normalised(half_b, library_b))
+        held_out[k] = mse(recon, quality.log_normalised(half_b, library_b))
     assert plain[30] < 0.7 * plain[2]  # copying the noise pays on the plain MSE…
     assert held_out[2] < held_out[30]  # …and costs on held-out molecules
 
@@ -77,11 +76,11 @@ def test_a_world_s_own_expression_wins_on_held_out_molecules_and_loses_to_a_wide
     half_a, half_b, library_a, library_b = quality.held_out_halves(test, 0)
     plain, held_out_mse = {}, {}
     for k in (50, 100):
-        pca = quality.fit_pca(quality.log_normalised(counts[train], library[train]), k)
-        plain[k] = quality.mse(pca.inverse_transform(pca.transform(test["truth"])), test["truth"])
-        pca = quality.fit_pca(quality.log_normalised(train_a, train_library_a), k)
+        pca = fit_pca(quality.log_normalised(counts[train], library[train]), k)
+        plain[k] = mse(pca.inverse_transform(pca.transform(test["truth"])), test["truth"])
+        pca = fit_pca(quality.log_normalised(train_a, train_library_a), k)
         recon = pca.inverse_transform(pca.transform(quality.log_normalised(half_a, library_a)))
-        held_out_mse[k] = quality.mse(recon, quality.log_normalised(half_b, library_b))
+        held_out_mse[k] = mse(recon, quality.log_normalised(half_b, library_b))
     assert plain[100] < 0.6 * truth["log_expression_mse"]  # copying noise beats the truth on the plain MSE…
     assert truth["held_out_molecules_mse"] < min(held_out_mse.values())  # …and not on held-out molecules
     assert np.isfinite(truth["nb_log_likelihood"]) and truth["nb_log_likelihood"] < 0
@@ -91,10 +90,13 @@ def test_scvi_is_scored_on_the_same_cells_and_halves_as_ours():
     """The `--scvi` anchor (skipped without scvi-tools: `pip install -e '.[bench]'`): trained on `collect`'s
     training cells, it scores finite measures on the held-out ones, the same for the same split seed."""
     pytest.importorskip("scvi")
+    spec = importlib.util.spec_from_file_location("rna_quality_bench", REPO / "bench" / "rna_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     counts, library = toy_counts(240, 30, seed=3)
     train = {"counts": counts[:160], "library": library[:160]}
     test = {"counts": counts[160:], "library": library[160:], "truth": quality.log_normalised(counts[160:], library[160:])}
-    anchor = quality.ScviYardstick(train, epochs=2)
+    anchor = bench.ScviYardstick(train, epochs=2)
     scores = anchor.scores(test, split_seed=0)
     assert anchor.epochs == 2 and set(scores) == set(quality.MEASURES)
     assert all(np.isfinite(value) for value in scores.values()) and scores["nb_log_likelihood"] < 0

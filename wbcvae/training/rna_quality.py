@@ -1,0 +1,235 @@
+"""How well an RNA β-VAE reconstructs held-out cells, on a scale fair to every likelihood and yardstick.
+
+What both likelihoods finally report is the log-normalised expression log1p(10⁴ · counts / library) of the kept
+genes; every reconstruction is scored on it, for the held-out cells of the checkpoint's own rebuilt DataModule (the
+test split, else the validation split), beside PCA-50 of the training cells and their mean:
+- *MSE* of the reconstruction: "nb" the expected log-normalised expression of counts drawn from its
+  NB(library · ρ, θ) (the best guess of a log value: log1p(10⁴ · ρ), the log of the expected count, sits above it by
+  Jensen's gap), "mse" the decoded scaled expression mapped back through the preprocessing's per-gene range;
+- *NB log-likelihood* of the held-out counts per cell and gene: the count model with its own μ = library · ρ and θ;
+  every other reconstruction turned into counts the same way, μ = library · expm1(reconstruction) / 10⁴ (at least
+  10⁻³), with each gene's θ fitted to the training cells by moments. Higher is better;
+- *MSE on held-out molecules* (molecular cross-validation, Batson, Royer & Webber 2019): each held-out cell's counts
+  are split at random into two halves, A and B, two independent draws of the same cell. Every reconstruction sees A
+  and is scored against B's log-normalised expression ("nb": the expected value under NB(library_B · ρ, θ); "mse":
+  its decoded log values, at the training depth, having no depth to adjust; PCA-50 and the mean fitted to the
+  training cells' A halves, at the depth they reconstruct). The plain MSE lets a code score by copying its input's
+  sampling noise: PCA-50 keeps each held-out cell's noise along its 50 axes, which the truth then shares. Here that
+  noise is B's own, so the measure scores what a trajectory decodes, the cell's expression.
+
+On a synthetic world (a `ground_truth.json` beside the data) the world's own expression is scored beside them
+(`TruthYardstick`): the best prediction of a cell's expression there is, so it tests each measure.
+`bench/rna_quality.py` prints these for checkpoints, with scvi-tools' SCVI beside them on request.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wbcvae.checkpoints import load_plan
+from wbcvae.models.rna_vae import TARGET_SUM, negative_binomial_log_prob
+from wbcvae.training.embed import rebuild_datamodule
+from wbcvae.training.yardsticks import fit_pca, mse
+
+MIN_MEAN = 1e-3  # floor of a yardstick's expected count: log(0) would make one zero-mean gene decide the score
+MAX_COUNT = 256  # counts summed over for an expected log value; beyond, the plug-in log1p(10⁴ · μ / library)
+MEASURES = ("log_expression_mse", "held_out_molecules_mse", "nb_log_likelihood")
+
+
+class Yardstick(Protocol):
+    """A reconstruction scored beside the model from `collect`'s held-out cells alone (SCVI, the truth)."""
+
+    def scores(self, test: dict, split_seed: int) -> dict[str, float]: ...
+
+
+def log_normalised(counts: np.ndarray, library: np.ndarray) -> np.ndarray:
+    return np.log1p(TARGET_SUM * counts / np.maximum(library, 1))
+
+
+@torch.no_grad()
+def collect(plan, preprocessor, loader, device: str, max_cells: int, held_out: bool) -> dict[str, np.ndarray]:
+    """Per cell: counts, library, log-normalised truth and the model's reconstruction on that scale
+    (a count model's only for `held_out` cells: the training cells need none)."""
+    parts, cells = defaultdict(list), 0
+    for batch in loader:
+        out = plan.vae(batch["x"].to(device))
+        if plan.vae.likelihood == "mse":
+            parts["recon"].append(out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min)
+        elif held_out:
+            library = batch["library"].to(device)
+            parts["recon"].append(expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy())
+        counts, library = batch["counts"].numpy(), batch["library"].numpy()
+        parts["counts"].append(counts)
+        parts["library"].append(library)
+        parts["truth"].append(log_normalised(counts, library))
+        parts["index"].append(batch["index"].numpy())
+        if "rho" in out:
+            parts["mean"].append(library * out["rho"].cpu().numpy())
+        cells += len(counts)
+        if cells >= max_cells:
+            break
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def molecular_split(counts: np.ndarray, library: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Halves A and B of each cell's molecules (binomial thinning at ½) and their libraries: the kept genes'
+    share as drawn, the other genes' (not at hand) half each."""
+    counts = np.rint(counts).astype(np.int64)
+    half_a = rng.binomial(counts, 0.5)
+    library_a = (library - counts.sum(1, keepdims=True)) / 2 + half_a.sum(1, keepdims=True)
+    return half_a.astype(np.float32), (counts - half_a).astype(np.float32), library_a, library - library_a
+
+
+def held_out_halves(test: dict, seed: int) -> tuple[np.ndarray, ...]:
+    """`molecular_split` of `collect`'s held-out cells, seeded apart from the training cells' split: every model
+    scored on held-out molecules (ours, SCVI) sees the same halves, whatever the training order."""
+    return molecular_split(test["counts"], test["library"], np.random.default_rng([seed, 1]))
+
+
+@torch.no_grad()
+def molecular_cross_validation(plan, preprocessor, train: dict, test: dict, device: str, seed: int) -> dict[str, float]:
+    """Log-expression MSE on held-out molecules (see the module's docstring) of `collect`'s held-out cells,
+    yardsticks fitted to its training cells: model, PCA-50 and mean."""
+    train_a, _, train_library_a, _ = molecular_split(train["counts"], train["library"], np.random.default_rng([seed, 0]))
+    train_halves = log_normalised(train_a, train_library_a)
+    pca = fit_pca(train_halves)
+    half_a, half_b, library_a, library_b = held_out_halves(test, seed)
+    out = plan.vae(torch.from_numpy(preprocessor.scaled_expression(half_a, library_a)).to(device))
+    if plan.vae.likelihood == "nb":
+        library = torch.as_tensor(library_b, dtype=out["rho"].dtype, device=device)
+        model = expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy()
+    else:
+        model = out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min
+    log_a, truth = log_normalised(half_a, library_a), log_normalised(half_b, library_b)
+    yardsticks = {"model": model, "pca50": pca.inverse_transform(pca.transform(log_a)), "training_mean": train_halves.mean(0)}
+    return {name: mse(np.broadcast_to(recon, truth.shape), truth) for name, recon in yardsticks.items()}
+
+
+def expected_log_expression(mean: torch.Tensor, theta: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """E[log1p(10⁴ · X / library)] for X ~ NB(mean, θ), summed over X < MAX_COUNT; where that misses
+    more than 0.1 % of the mass (large means, where Jensen's gap is small) the plug-in value instead.
+    Sixteen cells at a time: cells × genes × MAX_COUNT terms."""
+    counts = torch.arange(MAX_COUNT, dtype=mean.dtype, device=mean.device)
+    parts = []
+    for part_mean, part_library in zip(mean.split(16), library.split(16)):
+        probability = negative_binomial_log_prob(counts, part_mean[..., None], theta[:, None]).exp()
+        expected = (probability * torch.log1p(TARGET_SUM * counts / part_library[..., None])).sum(-1)
+        plug_in = torch.log1p(TARGET_SUM * part_mean / part_library)
+        parts.append(torch.where(probability.sum(-1) > 0.999, expected, plug_in))
+    return torch.cat(parts)
+
+
+def expected_counts(log_expression: np.ndarray, library: np.ndarray) -> np.ndarray:
+    return np.maximum(library * np.expm1(log_expression) / TARGET_SUM, MIN_MEAN)
+
+
+def moment_theta(counts: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each gene's inverse dispersion by moments, var = μ + μ²/θ, given per-cell means (clipped to [10⁻³, 10⁴])."""
+    excess = ((counts - mean) ** 2 - mean).sum(0)
+    return np.clip((mean**2).sum(0) / np.maximum(excess, 1e-12), 1e-3, 1e4)
+
+
+def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -> float:
+    values = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (counts, mean, theta)))
+    return float(values.mean())
+
+
+class TruthYardstick:
+    """A synthetic world's own expression (`rna_truth`): each held-out cell's expected log-normalised expression
+    under the zero-inflated negative binomial its counts were drawn from, at its observed library. No model can
+    predict a cell's expression better; a yardstick that scores better copies the cell's sampling noise."""
+
+    def __init__(self, world: Path, genes: list[str]) -> None:
+        from wbcvae.data.synthetic.world import rna_truth
+
+        truth = rna_truth(world)
+        self.columns = pd.Index(truth.genes).get_indexer(genes)
+        self.truth = truth
+
+    def expected(self, index: np.ndarray, library: np.ndarray, depth: float = 1.0) -> np.ndarray:
+        """E[log1p(10⁴ · X / library)] of the cells at `index` (rows of rna.h5ad), their molecules thinned to
+        `depth` (binomial thinning keeps an NB an NB, its mean scaled; a dropped-out zero stays zero)."""
+        mean = torch.as_tensor(self.truth.mean[np.ix_(index, self.columns)] * depth)
+        theta = torch.as_tensor(self.truth.dispersion[self.columns])
+        kept = 1 - self.truth.dropout[np.ix_(index, self.columns)]
+        return kept * expected_log_expression(mean, theta, torch.as_tensor(library, dtype=torch.float64)).numpy()
+
+    def scores(self, test: dict, split_seed: int) -> dict[str, float]:
+        """The three measures for `collect`'s held-out cells; the likelihood is the zero-inflated one."""
+        index = test["index"]
+        _, half_b, _, library_b = held_out_halves(test, split_seed)
+        mean = self.truth.mean[np.ix_(index, self.columns)]
+        dropout = self.truth.dropout[np.ix_(index, self.columns)]
+        theta = self.truth.dispersion[self.columns]
+        nb = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (test["counts"], mean, theta)))
+        return {
+            "log_expression_mse": mse(self.expected(index, test["library"]), test["truth"]),
+            "held_out_molecules_mse": mse(self.expected(index, library_b, depth=0.5), log_normalised(half_b, library_b)),
+            "nb_log_likelihood": float(np.log((1 - dropout) * nb.exp().numpy() + dropout * (test["counts"] == 0)).mean()),
+        }
+
+
+def truth_of(source: str | None, genes: list[str]) -> TruthYardstick | None:
+    """The truth of a synthetic world at `source` (None for any other data)."""
+    if source is None or not (Path(source) / "ground_truth.json").is_file():
+        return None
+    return TruthYardstick(Path(source), genes)
+
+
+def held_out_reconstruction(
+    ckpt: str | Path, device: str = "cpu", max_cells: int = 5000, split_seed: int = 0, anchors: dict | None = None
+) -> dict:
+    """The three measures (`MEASURES`) of an RNA β-VAE checkpoint and its yardsticks (PCA-50, the training mean, on a
+    synthetic world the truth) on its held-out cells, at most `max_cells` per split. `anchors`: name → a function of
+    the training cells (`collect`'s dict) that returns another `Yardstick` to score beside them (the bench's SCVI)."""
+    plan, record = load_plan(ckpt, map_location=device)
+    plan.eval()
+    datamodule = rebuild_datamodule(record)
+    datamodule.setup("fit")
+    preprocessor = datamodule.preprocessor
+    train = collect(plan, preprocessor, datamodule.train_dataloader(), device, max_cells, held_out=False)
+    held_out = "test" if len(datamodule.test_dataloader()) else "val"
+    loader = datamodule.test_dataloader() if held_out == "test" else datamodule.val_dataloader()
+    test = collect(plan, preprocessor, loader, device, max_cells, held_out=True)
+    pca = fit_pca(train["truth"])
+    yardsticks = {  # name → (train reconstruction, held-out reconstruction), log-normalised
+        "pca50": (pca.inverse_transform(pca.transform(train["truth"])), pca.inverse_transform(pca.transform(test["truth"]))),
+        "training_mean": (np.broadcast_to(train["truth"].mean(0), train["truth"].shape), np.broadcast_to(train["truth"].mean(0), test["truth"].shape)),
+        "model": (train.get("recon"), test["recon"]),
+    }  # fmt: skip
+    log_mse = {name: mse(recon, test["truth"]) for name, (_, recon) in yardsticks.items()}
+    nb_ll = {}
+    for name, (train_recon, recon) in yardsticks.items():
+        if name == "model" and plan.vae.likelihood == "nb":
+            nb_ll[name] = nb_log_likelihood(test["counts"], test["mean"], plan.vae.log_theta.detach().exp().cpu().numpy())
+            continue
+        theta = moment_theta(train["counts"], expected_counts(train_recon, train["library"]))
+        nb_ll[name] = nb_log_likelihood(test["counts"], expected_counts(recon, test["library"]), theta)
+    held_out_molecules = molecular_cross_validation(plan, preprocessor, train, test, device, split_seed)
+    others = {name: make(train) for name, make in (anchors or {}).items()}
+    truth = truth_of(record["data"].get("source"), preprocessor.genes)
+    if truth is not None:
+        others["truth"] = truth
+    for name, other in others.items():
+        scores = other.scores(test, split_seed)
+        log_mse[name], held_out_molecules[name], nb_ll[name] = (scores[measure] for measure in MEASURES)
+    return {
+        "checkpoint": str(ckpt),
+        "data": record["data"].get("source"),
+        "likelihood": plan.vae.likelihood,
+        "hidden": list(plan.hparams.hidden),
+        "epochs": record.get("epoch"),
+        "held_out": held_out,
+        "train_cells": len(train["truth"]),
+        "held_out_cells": len(test["truth"]),
+        "genes": train["truth"].shape[1],
+        "log_expression_mse": log_mse,
+        "nb_log_likelihood": nb_ll,
+        "held_out_molecules_mse": held_out_molecules,
+    }
