@@ -63,6 +63,11 @@ def test_every_stage_finishes_and_the_report_has_its_parts(toy_run):
     assert metrics["real_rna"] == {"skipped": "the real RNA source no/such/folder does not exist"}
     spearman = metrics["trajectory/granulopoiesis"]["pseudotime_spearman"]
     assert -1 <= spearman <= 1
+    # The RNA β-VAE on its held-out cells beside PCA-50, the mean and the world's truth, in the metrics and on the page.
+    reconstruction = metrics["rna_reconstruction"]["rna_vae"]
+    assert set(reconstruction["held_out_molecules_mse"]) == {"model", "pca50", "training_mean", "truth"}
+    assert reconstruction["held_out_molecules_mse"]["truth"] < reconstruction["held_out_molecules_mse"]["training_mean"]
+    assert "RNA β-VAE on held-out cells" in page and "MSE on held-out molecules" in page
     assert list((report / "figures").glob("*strip.png")) and list((report / "tables").glob("*.csv"))
 
 
@@ -115,6 +120,13 @@ def test_real_rna_section_shows_the_recorded_path_after_the_training(tmp_path):
     }  # fmt: skip
     section, metrics = _real_rna_section(real)
     assert section.title == "Real RNA: van Galen healthy marrow, HSC → Mono"
+    # With the model's held-out reconstruction recorded, its table comes first and the text says what it measures.
+    scores = {"model": 0.16, "pca50": 0.17, "training_mean": 0.18}
+    measures = {m: scores for m in ("log_expression_mse", "held_out_molecules_mse", "nb_log_likelihood")}
+    reconstruction = {"held_out": "test", "held_out_cells": 3, "genes": 5, **measures}
+    scored, _ = _real_rna_section({**real, "reconstruction": reconstruction})
+    assert list(scored.tables) == ["RNA β-VAE on held-out cells", "markers"] and "on its 3 held-out cells (test split)" in scored.text
+    assert list(scored.tables["RNA β-VAE on held-out cells"].columns) == ["measure", "model", "PCA-50", "training mean"]
     text = section.text
     assert text.index("trained on marrow/ (10 cells, 5 genes kept)") < text.index("Not among the kept genes: AVP") < text.index(path_text)
     assert [Path(f) for f in section.figures] == [figure] and list(section.tables) == ["markers"]
@@ -137,6 +149,7 @@ def test_real_rna_stage_on_van_galen_lists_the_known_markers(vangalen, tmp_path,
     outputs = _real_rna(run)
     assert outputs["path"] == ["HSC", "GMP", "ProMono", "Mono"] and min(outputs["cells_on_path"].values()) > 0
     assert outputs["markers_not_kept"] == []
+    assert set(outputs["reconstruction"]["held_out_molecules_mse"]) == {"model", "pca50", "training_mean"}  # no truth on real data
     section, metrics = _real_rna_section(outputs)
     markers = section.tables["markers"].set_index("gene")
     assert {"CD34", "LYZ", "MPO"} <= set(markers.index) and set(markers["curve"]) <= {"up", "down", "transient", "flat"}

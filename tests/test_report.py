@@ -105,6 +105,21 @@ def test_headlines_put_each_result_beside_its_baseline():
     assert lines["Cells segmented"].value == "0.90 (a cell found in 100\u00a0% of crops)"
 
 
+def test_reconstruction_headline_sets_the_model_beside_pca_and_the_truth():
+    """The RNA β-VAE's MSE on held-out molecules, beside PCA-50 (and the truth on a synthetic world); the reading
+    names the data where the model does not beat PCA-50."""
+    synthetic = {"held_out_molecules_mse": {"model": 0.9637, "pca50": 0.9725, "training_mean": 1.16, "truth": 0.9297}}
+    real = {"held_out_molecules_mse": {"model": 0.1645, "pca50": 0.1729, "training_mean": 0.1785}}
+    title = "RNA β-VAE reconstructs held-out cells"
+    [line] = [h for h in headlines({"rna_reconstruction": {"rna_vae": synthetic, "real_rna_vae": real}}) if h.result.startswith(title)]
+    assert line.value == "synthetic 0.9637\nreal marrow 0.1645"
+    assert line.baseline == "synthetic: PCA-50 0.9725, the truth 0.9297; real marrow: PCA-50 0.1729 (the truth: the best any model can do)"
+    assert line.reading.startswith("below PCA-50")
+    behind = {"held_out_molecules_mse": {"model": 0.18, "pca50": 0.1729, "training_mean": 0.1785}}
+    [line] = [h for h in headlines({"rna_reconstruction": {"real_rna_vae": behind}}) if h.result.startswith(title)]
+    assert line.reading.startswith("not below PCA-50 on real marrow") and "truth" not in line.baseline
+
+
 def test_headlines_drop_what_the_run_did_not_measure():
     skipped = {"skipped": "no real RNA source configured"}
     found = headlines({"alignment": {"nearest_centroid_accuracy": np.nan, "chance_accuracy": 0.1}, "real_rna": skipped, "trajectory/x": {}})

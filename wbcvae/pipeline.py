@@ -112,7 +112,17 @@ def _image_vae(run: Run) -> Outputs:
 
 
 def _rna_vae(run: Run) -> Outputs:
-    return _train_vae(run, "rna_vae", "rna", {"data.init_args.source": run.outputs["world"]["rna"]})
+    trained = _train_vae(run, "rna_vae", "rna", {"data.init_args.source": run.outputs["world"]["rna"]})
+    return {**trained, "reconstruction": _reconstruction(trained["checkpoint"])}
+
+
+def _reconstruction(checkpoint: str) -> dict[str, Any]:
+    """The RNA β-VAE against PCA-50, the training mean and (a synthetic world) the truth on its held-out cells:
+    plain MSE, MSE on held-out molecules, NB likelihood (`wbcvae.training.rna_quality`)."""
+    from wbcvae.training.rna_quality import MEASURES, held_out_reconstruction
+
+    scores = held_out_reconstruction(checkpoint)
+    return to_jsonable({key: scores[key] for key in ("held_out", "held_out_cells", "genes", *MEASURES)})
 
 
 def _train_vae(run: Run, stage: str, kind: str, data: dict[str, Any]) -> Outputs:
@@ -213,6 +223,7 @@ def _real_rna(run: Run) -> Outputs:
         "cells_on_path": {t: int(counts[t]) for t in path},
         "genes": len(genes),
         "markers_not_kept": [g for g in preset.expected_markers if g not in genes],
+        "reconstruction": _reconstruction(trained["checkpoint"]),
         "files": {name: str(file) for name, file in result.files.items()},
         "metrics": to_jsonable(result.metrics),
         "sections": save_sections([report_section(result)], folder / "sections"),  # the path as the synthetic ones are shown

@@ -176,10 +176,12 @@ class TruthYardstick:
 
 
 def truth_of(source: str | None, genes: list[str]) -> TruthYardstick | None:
-    """The truth of a synthetic world at `source` (None for any other data)."""
-    if source is None or not (Path(source) / "ground_truth.json").is_file():
+    """The truth of a synthetic world when `source` is one (its folder or its rna.h5ad); None for any other data."""
+    if source is None:
         return None
-    return TruthYardstick(Path(source), genes)
+    world = Path(source) if Path(source).is_dir() else Path(source).parent
+    is_world = (world / "ground_truth.json").is_file() and (Path(source).is_dir() or Path(source).name == "rna.h5ad")
+    return TruthYardstick(world, genes) if is_world else None
 
 
 def held_out_reconstruction(
