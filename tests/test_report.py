@@ -113,7 +113,7 @@ def test_reconstruction_headline_sets_the_model_beside_pca_and_the_truth():
     title = "RNA β-VAE reconstructs held-out cells"
     [line] = [h for h in headlines({"rna_reconstruction": {"rna_vae": synthetic, "real_rna_vae": real}}) if h.result.startswith(title)]
     assert line.value == "synthetic 0.9637\nreal marrow 0.1645"
-    assert line.baseline == "synthetic: PCA-50 0.9725, the truth 0.9297; real marrow: PCA-50 0.1729 (the truth: the best any model can do)"
+    assert line.baseline == "synthetic: PCA-50 0.9725, the truth 0.9297 (the best any model can do); real marrow: PCA-50 0.1729"
     assert line.reading.startswith("below PCA-50")
     behind = {"held_out_molecules_mse": {"model": 0.18, "pca50": 0.1729, "training_mean": 0.1785}}
     [line] = [h for h in headlines({"rna_reconstruction": {"real_rna_vae": behind}}) if h.result.startswith(title)]
