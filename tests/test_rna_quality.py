@@ -84,6 +84,13 @@ def test_a_world_s_own_expression_wins_on_held_out_molecules_and_loses_to_a_wide
     assert plain[100] < 0.6 * truth["log_expression_mse"]  # copying noise beats the truth on the plain MSE…
     assert truth["held_out_molecules_mse"] < min(held_out_mse.values())  # …and not on held-out molecules
     assert np.isfinite(truth["nb_log_likelihood"]) and truth["nb_log_likelihood"] < 0
+    # The truth is found from the world's folder or its rna.h5ad, not from other data; a world this version cannot
+    # draw again gives none, with a warning, so the other measures still stand.
+    assert quality.truth_of(str(world / "rna.h5ad"), ["SYN0001"]) is not None and quality.truth_of(str(tmp_path), []) is None
+    adata.X = adata.X * 2
+    adata.write_h5ad(world / "rna.h5ad")
+    with pytest.warns(UserWarning, match="no truth beside the RNA reconstruction: .*write the world again"):
+        assert quality.truth_of(str(world), list(adata.var_names)) is None
 
 
 def test_scvi_is_scored_on_the_same_cells_and_halves_as_ours():

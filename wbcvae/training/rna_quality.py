@@ -24,6 +24,7 @@ On a synthetic world (a `ground_truth.json` beside the data) the world's own exp
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,7 @@ import pandas as pd
 import torch
 
 from wbcvae.checkpoints import load_plan
+from wbcvae.errors import InputError
 from wbcvae.models.rna_vae import TARGET_SUM, negative_binomial_log_prob
 from wbcvae.training.embed import rebuild_datamodule
 from wbcvae.training.yardsticks import fit_pca, mse
@@ -190,12 +192,18 @@ class TruthYardstick:
 
 
 def truth_of(source: str | None, genes: list[str]) -> TruthYardstick | None:
-    """The truth of a synthetic world when `source` is one (its folder or its rna.h5ad); None for any other data."""
+    """The truth of a synthetic world when `source` is one (its folder or its rna.h5ad); None for any other data,
+    and, with a warning, for a world whose counts this version cannot draw again (the other measures still stand)."""
     if source is None:
         return None
     world = Path(source) if Path(source).is_dir() else Path(source).parent
-    is_world = (world / "ground_truth.json").is_file() and (Path(source).is_dir() or Path(source).name == "rna.h5ad")
-    return TruthYardstick(world, genes) if is_world else None
+    if not (world / "ground_truth.json").is_file() or not (Path(source).is_dir() or Path(source).name == "rna.h5ad"):
+        return None
+    try:
+        return TruthYardstick(world, genes)
+    except InputError as err:
+        warnings.warn(f"no truth beside the RNA reconstruction: {err}", stacklevel=2)
+        return None
 
 
 def held_out_reconstruction(
