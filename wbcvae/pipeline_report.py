@@ -442,7 +442,7 @@ def _real_rna_section(real: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     tables = dict(path_section.tables)
     if real.get("reconstruction"):
         lines.append(RECONSTRUCTION_TEXT.format(**real["reconstruction"]))
-        tables = {RECONSTRUCTION_TABLE: reconstruction_table(real["reconstruction"]), **tables}
+        tables = {RECONSTRUCTION_TABLE: _reconstruction_table(real["reconstruction"]), **tables}
     section = Section(f"{title}, {path[0]} → {path[-1]}", "\n\n".join([*lines, path_section.text]), path_section.figures, tables)
     shapes = {
         "marker_shapes": dict(zip(markers.get("gene", []), markers.get("curve", []))),
@@ -474,7 +474,7 @@ def _vae_section(outputs: dict[str, dict[str, Any]]) -> tuple[Section, dict[str,
     reconstruction = outputs["rna_vae"].get("reconstruction")
     if reconstruction:
         text += "\n\n" + RECONSTRUCTION_TEXT.format(**reconstruction)
-        tables[RECONSTRUCTION_TABLE] = reconstruction_table(reconstruction)
+        tables[RECONSTRUCTION_TABLE] = _reconstruction_table(reconstruction)
     return Section("The two β-VAEs", text, figures, tables), last
 
 
@@ -482,13 +482,13 @@ RECONSTRUCTION_TABLE = "RNA β-VAE on held-out cells"
 RECONSTRUCTION_TEXT = (
     "The RNA β-VAE on its {held_out_cells} held-out cells ({held_out} split), beside PCA-50 and the mean of the training "
     "cells (and, on a synthetic world, the truth the counts were drawn from). The plain MSE lets a code score by copying "
-    "each cell's own sampling noise: on the synthetic world PCA-50 scores below the truth itself there. The MSE on "
-    "held-out molecules (each cell's counts split in two halves: reconstruct from one, score against the other) and the "
-    "likelihood score what a trajectory decodes, the cell's expression."
+    "each cell's own sampling noise (where the truth is known, PCA-50 can score below it). The MSE on held-out molecules "
+    "(each cell's counts split in two halves: reconstruct from one, score against the other) and the likelihood score "
+    "what a trajectory decodes, the cell's expression."
 )
 
 
-def reconstruction_table(reconstruction: Mapping[str, Any]) -> pd.DataFrame:
+def _reconstruction_table(reconstruction: Mapping[str, Any]) -> pd.DataFrame:
     """One row per measure, one column per reconstruction (model, PCA-50, mean, the truth where known)."""
     measures = ("held_out_molecules_mse", "nb_log_likelihood", "log_expression_mse")
     columns = [c for c in RECONSTRUCTION_COLUMNS if c in reconstruction[measures[0]]]
