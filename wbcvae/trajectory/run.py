@@ -186,7 +186,7 @@ def run_trajectory(
     }
     metrics = dict(main.metrics)
     if len(markers):
-        metrics |= {"markers_agree": int(markers["agrees"].astype(bool).sum()), "markers_compared": len(markers)}
+        metrics |= {"markers_agree": markers_agreeing(markers), "markers_compared": len(markers)}
     if trends is not None and len(markers):
         shown = [g for g in markers["gene"] if g in trends.columns]
         if shown:
@@ -199,7 +199,7 @@ def run_trajectory(
         metrics |= {f"chord_{key}": value for key, value in chord.metrics.items()}
         if len(markers):
             tables["chord_markers"] = marker_table(preset, chord.kinetics)
-            metrics["chord_markers_agree"] = int(tables["chord_markers"]["agrees"].astype(bool).sum())
+            metrics["chord_markers_agree"] = markers_agreeing(tables["chord_markers"])
         files["paths_plot"] = save_paths_plot(latent, cells, {"data path": trajectory, "chord": chord.trajectory}, folder / "paths.png", preset.name)
         if chord.confusion is not None:
             tables["chord_kinetics_confusion"] = chord.confusion
@@ -405,6 +405,11 @@ def _trend_correlation(decoded: DecodedPath | None, trends: pd.DataFrame | None,
     return trend_correlation(decoded.genes[:, decoded.gene_names.index(gene)], trends[gene].to_numpy())
 
 
+def markers_agreeing(markers: pd.DataFrame) -> int:
+    """How many markers' decoded curves have their expected shape."""
+    return int(markers["agrees"].astype(bool).sum())
+
+
 def markers_as_dpt(markers: pd.DataFrame) -> int:
     """How many markers' decoded curves have the shape of the real cells' DPT trend."""
     return int((markers["curve"] == markers["dpt_shape"]).sum())
@@ -420,7 +425,7 @@ def _trend_shape(trends: pd.DataFrame | None, gene: str) -> str:
 def marker_sentence(markers: pd.DataFrame) -> str:
     """'Known markers along the decoded path: CD34 down, LYZ up, …; 5 of 6 agree with the expected shape.'"""
     found = [f"{r.gene} {r.curve}{'' if r.agrees else f' (expected {r.expected})'}" for r in markers.itertuples()]
-    agree = int(markers["agrees"].astype(bool).sum())
+    agree = markers_agreeing(markers)
     sentence = f"Known markers along the decoded path: {', '.join(found)}; {agree} of {len(markers)} agree with the expected shape"
     if "dpt_shape" not in markers or not (markers["dpt_shape"] != "").all():
         return sentence + "."
