@@ -63,7 +63,7 @@ from wbcvae.models.losses import COLOUR_BINS, colour_profile
 from wbcvae.segmentation.classical import StainSegmenter
 from wbcvae.training.callbacks import new_figure
 from wbcvae.training.embed import rebuild_datamodule
-from wbcvae.training.metrics import knn_accuracy, reference_loader
+from wbcvae.training.metrics import held_out_dataloader, knn_accuracy, reference_loader
 from wbcvae.training.plan import VAEPlan
 from wbcvae.training.yardsticks import fit_pca, mse
 from wbcvae.utils.atomic import atomic_path
@@ -258,9 +258,7 @@ def reconstruction_figure(test: Split, pca: PCA, title: str, path: Path) -> None
 def held_out_loader(datamodule, test_store: Path | None) -> tuple[DataLoader, str, str | None]:
     """The held-out cells (see the protocol), what they are, and the test store's folder if one was given."""
     if test_store is None:
-        if len(datamodule.test_dataloader()):
-            return datamodule.test_dataloader(), "test", None
-        return datamodule.val_dataloader(), "val", None
+        return *held_out_dataloader(datamodule), None
     from wbcvae.features.datamodule import FeatureDataset
     from wbcvae.features.store import FeatureStore
 

@@ -55,6 +55,13 @@ def knn_accuracy(
     return float((_majority(reference_labels[neighbours]) == query_labels).mean())
 
 
+def held_out_dataloader(datamodule) -> tuple[DataLoader, str]:
+    """The held-out cells of the protocol above and which split they are: the test split, or the validation split
+    when the patient-grouped test split is empty."""
+    loader = datamodule.test_dataloader()
+    return (loader, "test") if len(loader) else (datamodule.val_dataloader(), "val")
+
+
 def reference_loader(train_loader: DataLoader, max_cells: int = REFERENCE_CELLS, seed: int = 0) -> DataLoader:
     """The kNN reference cells in a loader of their own: every training cell, or a seeded draw of
     `max_cells` (the same every epoch and in `bench/vae_quality.py`), in order, without workers."""

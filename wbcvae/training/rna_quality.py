@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +38,7 @@ from wbcvae.checkpoints import load_plan
 from wbcvae.errors import InputError
 from wbcvae.models.rna_vae import TARGET_SUM, negative_binomial_log_prob
 from wbcvae.training.embed import rebuild_datamodule
+from wbcvae.training.metrics import held_out_dataloader
 from wbcvae.training.yardsticks import fit_pca, mse
 
 MIN_MEAN = 1e-3  # floor of a yardstick's expected count: log(0) would make one zero-mean gene decide the score
@@ -152,8 +154,12 @@ def moment_theta(counts: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -> float:
-    values = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (counts, mean, theta)))
-    return float(values.mean())
+    return float(_nb_log_prob(counts, mean, theta).mean())
+
+
+def _nb_log_prob(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """`negative_binomial_log_prob` of numpy arrays, element-wise, in float64."""
+    return negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (counts, mean, theta))).numpy()
 
 
 class TruthYardstick:
@@ -168,26 +174,23 @@ class TruthYardstick:
         self.columns = pd.Index(truth.genes).get_indexer(genes)
         self.truth = truth
 
-    def expected(self, index: np.ndarray, library: np.ndarray, depth: float = 1.0) -> np.ndarray:
-        """E[log1p(10⁴ · X / library)] of the cells at `index` (rows of rna.h5ad), their molecules thinned to
-        `depth` (binomial thinning keeps an NB an NB, its mean scaled; a dropped-out zero stays zero)."""
-        mean = torch.as_tensor(self.truth.mean[np.ix_(index, self.columns)] * depth)
-        theta = torch.as_tensor(self.truth.dispersion[self.columns])
-        kept = 1 - self.truth.dropout[np.ix_(index, self.columns)]
-        return kept * expected_log_expression(mean, theta, torch.as_tensor(library, dtype=torch.float64)).numpy()
-
     def scores(self, test: dict, split_seed: int) -> dict[str, float]:
-        """The three measures for `collect`'s held-out cells; the likelihood is the zero-inflated one."""
-        index = test["index"]
+        """The three measures for `collect`'s held-out cells (rows of rna.h5ad at `test["index"]`); the likelihood is
+        the zero-inflated one. On held-out molecules, the truth of half B: binomial thinning keeps an NB an NB, its
+        mean halved, and a dropped-out zero stays zero."""
+        rows = np.ix_(test["index"], self.columns)
+        mean, dropout, theta = self.truth.mean[rows], self.truth.dropout[rows], self.truth.dispersion[self.columns]
         _, half_b, _, library_b = held_out_halves(test, split_seed)
-        mean = self.truth.mean[np.ix_(index, self.columns)]
-        dropout = self.truth.dropout[np.ix_(index, self.columns)]
-        theta = self.truth.dispersion[self.columns]
-        nb = negative_binomial_log_prob(*(torch.as_tensor(a, dtype=torch.float64) for a in (test["counts"], mean, theta)))
+
+        def expected(depth: float, library: np.ndarray) -> np.ndarray:  # E[log1p(10⁴ · X / library)], X the thinned draw
+            values = expected_log_expression(*(torch.as_tensor(a, dtype=torch.float64) for a in (mean * depth, theta, library)))
+            return (1 - dropout) * values.numpy()
+
+        likelihood = (1 - dropout) * np.exp(_nb_log_prob(test["counts"], mean, theta)) + dropout * (test["counts"] == 0)
         return {
-            "log_expression_mse": mse(self.expected(index, test["library"]), test["truth"]),
-            "held_out_molecules_mse": mse(self.expected(index, library_b, depth=0.5), log_normalised(half_b, library_b)),
-            "nb_log_likelihood": float(np.log((1 - dropout) * nb.exp().numpy() + dropout * (test["counts"] == 0)).mean()),
+            "log_expression_mse": mse(expected(1.0, test["library"]), test["truth"]),
+            "held_out_molecules_mse": mse(expected(0.5, library_b), log_normalised(half_b, library_b)),
+            "nb_log_likelihood": float(np.log(likelihood).mean()),
         }
 
 
@@ -207,7 +210,11 @@ def truth_of(source: str | None, genes: list[str]) -> TruthYardstick | None:
 
 
 def held_out_reconstruction(
-    ckpt: str | Path, device: str = "cpu", max_cells: int = 5000, split_seed: int = 0, anchors: dict | None = None
+    ckpt: str | Path,
+    device: str = "cpu",
+    max_cells: int = 5000,
+    split_seed: int = 0,
+    anchors: Mapping[str, Callable[[dict], Yardstick]] | None = None,
 ) -> dict:
     """The three measures (`MEASURES`) of an RNA β-VAE checkpoint and its yardsticks (PCA-50, the training mean, on a
     synthetic world the truth) on its held-out cells, at most `max_cells` per split. `anchors`: name → a function of
@@ -218,8 +225,7 @@ def held_out_reconstruction(
     datamodule.setup("fit")
     preprocessor = datamodule.preprocessor
     train = collect(plan, preprocessor, datamodule.train_dataloader(), device, max_cells, held_out=False)
-    held_out = "test" if len(datamodule.test_dataloader()) else "val"
-    loader = datamodule.test_dataloader() if held_out == "test" else datamodule.val_dataloader()
+    loader, held_out = held_out_dataloader(datamodule)
     test = collect(plan, preprocessor, loader, device, max_cells, held_out=True)
     pca = fit_pca(train["truth"])
     yardsticks = {  # name → (train reconstruction, held-out reconstruction), log-normalised
