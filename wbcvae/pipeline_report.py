@@ -114,7 +114,6 @@ METRIC_LABELS = {
     "held_out": "held-out split",
     "held_out_cells": "held-out cells",
 }
-RECONSTRUCTION_COLUMNS = {"model": "model", "pca50": "PCA-50", "training_mean": "training mean", "truth": "the truth"}
 
 
 def write_pipeline_report(outputs: dict[str, dict[str, Any]], folder: Path) -> Path:
@@ -491,10 +490,10 @@ RECONSTRUCTION_TEXT = (
 def _reconstruction_table(reconstruction: Mapping[str, Any]) -> pd.DataFrame:
     """One row per measure, one column per reconstruction (model, PCA-50, mean, the truth where known)."""
     measures = ("held_out_molecules_mse", "nb_log_likelihood", "log_expression_mse")
-    columns = [c for c in RECONSTRUCTION_COLUMNS if c in reconstruction[measures[0]]]
     table = pd.DataFrame({"measure": [METRIC_LABELS[m] for m in measures]})
-    for column in columns:
-        table[RECONSTRUCTION_COLUMNS[column]] = [reconstruction[m].get(column) for m in measures]
+    for column in ("model", "pca50", "training_mean", "truth"):
+        if column in reconstruction[measures[0]]:
+            table[METRIC_LABELS.get(column, column)] = [reconstruction[m].get(column) for m in measures]
     return table
 
 
