@@ -7,16 +7,16 @@ for the same epochs, batch size and torch threads, on CPU, without validation:
   embedding), and reading the atlas' own embedding from `obsm` (the study's setting; here a 50-d one computed
   before the clock starts, as an atlas such as Tabula Sapiens ships its scVI embedding);
 - ours at the default config (experiments/rna_vae/laptop.yaml).
-Printed per model: cells/s over the epochs after the first (the first pays for warm-up) and its ratio to
-SCVI's, and start-up: seconds from the counts in memory to the first training batch (ours: split, gene
-choice, scaling and atlas PCA, Lightning; SCVI: gene choice, setup_anndata, model, Lightning). Reading
-the source is timed once, separately (both need it).
+Printed per model, as the median of `--repeats` runs (the models take turns): cells/s over the epochs after the
+first (the first pays for warm-up) and its ratio to SCVI's, and start-up: seconds from the counts in memory to the
+first training batch (ours: split, gene choice, scaling and atlas PCA, Lightning; SCVI: gene choice, setup_anndata,
+model, Lightning). Reading the source is timed once, separately (both need it).
 
 Start-up is compared fairly in two views, both printed: with gene choice (SCVI's timed start-up runs the
 same batch-aware seurat_v3 choice a user would run before handing SCVI its genes, `RnaPreprocessor`'s
 own) and without it (each model's start-up less its own timed gene choice).
 
-    python bench/bench_scvi.py [--source ../shared/data/vangalen2019] [--epochs 4] [--threads 1]
+    python bench/bench_scvi.py [--source ../shared/data/vangalen2019] [--epochs 4] [--threads 1] [--repeats 3]
 
 Needs scvi-tools (`pip install -e '.[bench]'`); without it the script says so and exits 0.
 """
@@ -89,6 +89,12 @@ class Clock(L.Callback):
         }  # fmt: skip
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each timing's median over repeated runs of one model (a start-up of a fraction of a second moves by tens of
+    percent between runs on a shared machine); the other fields are the first run's."""
+    return runs[0] | {key: round(float(np.median([run[key] for run in runs])), 2) for key in ("startup_s", "genes_s", "startup_without_genes_s", "cells_per_s")}
+
+
 def trainer_settings(epochs: int, clock: Clock) -> dict:
     """A bare Trainer; its root folder is a temporary one, so our plan's preprocessor.json lands there, not in the cwd."""
     return dict(
@@ -134,6 +140,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=128, help="hidden units of SCVI and of our equal-width model")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each model, in turns; the medians are printed")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     if importlib.util.find_spec("scvi") is None:
@@ -152,12 +159,16 @@ def main() -> None:
     adata.obsm["X_atlas"] = reference.preprocessor.transform(adata)[1]  # an atlas that brings its own 50-d embedding
     default = yaml.safe_load(DEFAULT_CONFIG.read_text())["model"]
     default_hidden = default.pop("hidden")
-    results = {"scvi": train_scvi(adata, reference.splits["train"], args)}
-    results["ours_equal_width"] = train_ours(adata, args, [args.width], {**default, "likelihood": "nb"})
-    results["ours_equal_width_obsm_atlas"] = train_ours(adata, args, [args.width], {**default, "likelihood": "nb"}, atlas="obsm")
-    results["ours_default"] = train_ours(adata, args, default_hidden, default)
+    models = {
+        "scvi": lambda: train_scvi(adata, reference.splits["train"], args),
+        "ours_equal_width": lambda: train_ours(adata, args, [args.width], {**default, "likelihood": "nb"}),
+        "ours_equal_width_obsm_atlas": lambda: train_ours(adata, args, [args.width], {**default, "likelihood": "nb"}, atlas="obsm"),
+        "ours_default": lambda: train_ours(adata, args, default_hidden, default),
+    }
+    rounds = [{name: train() for name, train in models.items()} for _ in range(args.repeats)]  # the models take turns
+    results = {name: median_run([one[name] for one in rounds]) for name in models}
     print(f"{adata.n_obs} cells ({len(reference.splits['train'])} trained on) × {args.genes} genes, {args.epochs} epochs, "
-          f"batch {args.batch_size}, {args.threads} thread(s); reading the source: {read_s:.1f} s")  # fmt: skip
+          f"batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats} runs each; reading the source: {read_s:.1f} s")  # fmt: skip
     print("| model | likelihood | hidden | atlas | cells/s | × SCVI | start-up with gene choice (s) | gene choice (s) | start-up without (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
