@@ -56,7 +56,7 @@ def test_rows_say_which_targets_hold(tmp_path):
     assert rows["speed: cells/s at SCVI's width ≥ 1× SCVI's"] == "yes"
     assert rows["start-up under SCVI's: the atlas' own embedding (`obsm`)"] == "yes"
     assert rows["start-up under SCVI's: the PCA atlas fitted at start-up"] == "**no**"
-    assert "0.850 / 0.700 | 0.900 / 0.810" in out  # the demo's and the larger world's columns side by side
+    assert "0.850 / 0.700 | 0.900 / 0.810" in out and "−0.9000 vs −1.0000" in out  # the demo's and the larger world's columns side by side
 
 
 def test_a_missing_run_is_named(tmp_path):
