@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from wbcvae.pipeline_report import METRIC_LABELS
+from wbcvae.training.rna_quality import MEASURES
 from wbcvae.trajectory.presets import MARROW_MONOCYTE_MARKERS
 
 SYNTHETIC = {  # metric → (target wording, threshold, the issue's "before" for granulopoiesis / monocytopoiesis, format)
@@ -30,11 +32,6 @@ SYNTHETIC = {  # metric → (target wording, threshold, the issue's "before" for
     "pseudotime_spearman": ("Spearman vs true pseudotime ≥ 0.99", 0.99, "—", "{:.3f}"),
 }
 PATHS = ("granulopoiesis", "monocytopoiesis")
-MEASURES = {  # rna_reconstruction key → wording (lower is better but for the likelihood)
-    "held_out_molecules_mse": "MSE on held-out molecules",
-    "log_expression_mse": "plain log-expression MSE",
-    "nb_log_likelihood": "NB log-likelihood",
-}
 
 
 def metrics(folder: Path) -> dict:
@@ -78,13 +75,13 @@ def reconstruction_rows(m: dict, columns: int) -> list[list[str]]:
         scores = m.get("rna_reconstruction", {}).get(name)
         if not scores:
             continue
-        for key, wording in MEASURES.items():
+        for key in MEASURES:  # lower is better, but for the likelihood
             model, pca = scores[key]["model"], scores[key]["pca50"]
             better = model > pca if key == "nb_log_likelihood" else model < pca
             truth = f", the truth {scores[key]['truth']:.4f}" if "truth" in scores[key] else ""
             before = "0.0538 vs 0.0514 (min-max scaled)" if (key, name) == ("log_expression_mse", "rna_vae") else "—"
             shown = f"{model:.4f} vs {pca:.4f}{truth}".replace("-", "−")
-            rows.append([f"held-out RNA, {data}: {wording} better than PCA-50's", before, shown, *pad, holds(better)])
+            rows.append([f"held-out RNA, {data}: {METRIC_LABELS[key]} better than PCA-50's", before, shown, *pad, holds(better)])
     return rows
 
 
