@@ -32,6 +32,7 @@ from wbcvae.trajectory.presets import PRESETS
 
 PATHS = ("granulopoiesis", "monocytopoiesis")
 SHIFT_WINDOWS = (0, 5, 20)
+TRAJECTORIES = Path("alignment/alignment/version_0/trajectories")  # a pipeline folder's synthetic paths
 
 
 @contextmanager
@@ -63,7 +64,7 @@ def started_from_calls(z: np.ndarray, calls: np.ndarray) -> np.ndarray:
 
 
 def path_row(folder: Path, preset: str, truth: pd.Series) -> dict:
-    trajectory = folder / "alignment/alignment/version_0/trajectories" / preset
+    trajectory = folder / TRAJECTORIES / preset
     curves = pd.read_csv(trajectory / "genes.csv").drop(columns="pseudotime")
     table = pd.read_csv(trajectory / "kinetics.csv").set_index("gene").loc[curves.columns]
     truth = truth.loc[curves.columns].astype(str)
@@ -90,7 +91,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo"), help="a `make demo` or `make kinetics-world` folder")
     args = parser.parse_args()
-    var = anndata.read_h5ad(args.demo / "world" / "rna.h5ad", backed="r").var
+    world = args.demo / "world" / "rna.h5ad"
+    if not world.is_file() or not (args.demo / TRAJECTORIES).is_dir():
+        raise SystemExit(f"{args.demo}: no {world.relative_to(args.demo)} or {TRAJECTORIES} (run `make demo` or `make kinetics-world` first)")
+    var = anndata.read_h5ad(world, backed="r").var
     rows = [path_row(args.demo, preset, var[f"kinetic_{PRESETS[preset].lineage}"]) for preset in PATHS]
     print(pd.DataFrame(rows).set_index("path").T.to_string())
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +39,8 @@ def test_started_from_the_calls_keeps_well_separated_shapes_apart():
     calls = np.array(["up"] * 10 + ["down"] * 10 + ["transient"] * 10)
     labels = bench.started_from_calls(z, calls)
     assert [len(set(labels[i : i + 10])) for i in (0, 10, 20)] == [1, 1, 1] and len(set(labels)) == 3
+
+
+def test_a_folder_without_a_demo_is_named(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "kshape_ceiling.py"), "--demo", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0 and str(tmp_path) in out.stderr and "make demo" in out.stderr and "Traceback" not in out.stderr
