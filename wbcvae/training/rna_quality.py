@@ -64,11 +64,8 @@ def collect(plan, preprocessor, loader, device: str, max_cells: int, held_out: b
     parts, cells = defaultdict(list), 0
     for batch in loader:
         out = plan.vae(batch["x"].to(device))
-        if plan.vae.likelihood == "mse":
-            parts["recon"].append(out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min)
-        elif held_out:
-            library = batch["library"].to(device)
-            parts["recon"].append(expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy())
+        if plan.vae.likelihood == "mse" or held_out:
+            parts["recon"].append(model_log_expression(plan.vae, preprocessor, out, batch["library"]))
         counts, library = batch["counts"].numpy(), batch["library"].numpy()
         parts["counts"].append(counts)
         parts["library"].append(library)
@@ -80,6 +77,15 @@ def collect(plan, preprocessor, loader, device: str, max_cells: int, held_out: b
         if cells >= max_cells:
             break
     return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def model_log_expression(vae, preprocessor, out: dict, library: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The model's reconstruction (`out`, its forward pass) on the log-normalised scale: a count model's expected
+    value at `library` (cells × 1), the MSE model's decoded values mapped back through the preprocessing's range."""
+    if vae.likelihood == "mse":
+        return out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min
+    library = torch.as_tensor(library, dtype=out["rho"].dtype, device=out["rho"].device)
+    return expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy()
 
 
 def molecular_split(counts: np.ndarray, library: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -106,11 +112,7 @@ def molecular_cross_validation(plan, preprocessor, train: dict, test: dict, devi
     pca = fit_pca(train_halves)
     half_a, half_b, library_a, library_b = held_out_halves(test, seed)
     out = plan.vae(torch.from_numpy(preprocessor.scaled_expression(half_a, library_a)).to(device))
-    if plan.vae.likelihood == "nb":
-        library = torch.as_tensor(library_b, dtype=out["rho"].dtype, device=device)
-        model = expected_log_expression(library * out["rho"], out["theta"], library).cpu().numpy()
-    else:
-        model = out["x_hat"].cpu().numpy() * preprocessor.gene_span + preprocessor.gene_min
+    model = model_log_expression(plan.vae, preprocessor, out, library_b)
     log_a, truth = log_normalised(half_a, library_a), log_normalised(half_b, library_b)
     yardsticks = {"model": model, "pca50": pca.inverse_transform(pca.transform(log_a)), "training_mean": train_halves.mean(0)}
     return {name: mse(np.broadcast_to(recon, truth.shape), truth) for name, recon in yardsticks.items()}
